@@ -1,0 +1,45 @@
+# Two commands for a fresh machine:  `make train`  and  `make test`.
+# Both create the virtual environment first (Python >= 3.12 is located below).
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+# Python >= 3.12: on PATH, else a pyenv-installed one.
+PY312 := $(shell for p in python3.12 python3.13; do command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null && { echo $$p; exit; }; done; ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -V | head -1)
+# The PyTorch peer: the CPU build of torch 2.13 exists for Python 3.11 only.
+PY311 := $(shell command -v python3.11 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.11*/bin/python3 2>/dev/null | tail -1)
+WORKDIR ?= workdirs/dnd
+
+.PHONY: setup torch-env train test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	@test -n "$(PY312)" || { echo "error: need Python >= 3.12 (python3.12 on PATH or under pyenv)"; exit 1; }
+	$(PY312) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Optional: torch 2.13 CPU in a Python 3.11 side environment, for the
+# PyTorch equivalence tests and the benchmark's peer column.
+.venv-torch/.installed:
+	@test -n "$(PY311)" || { echo "error: the torch peer needs Python 3.11"; exit 1; }
+	$(PY311) -m venv .venv-torch
+	.venv-torch/bin/python -m pip install -q torch==2.13.0 numpy
+	touch $@
+
+torch-env: .venv-torch/.installed
+
+train: setup
+	$(PY) -m lstm_jax.train --config configs/dnd.py --workdir $(WORKDIR)
+
+test: setup
+	@if $(MAKE) -s torch-env; then export LSTM_JAX_TORCH_PYTHON=$$PWD/.venv-torch/bin/python; \
+	  else echo "note: no torch peer environment; PyTorch equivalence tests will skip"; fi; \
+	  $(VENV)/bin/ruff check . && $(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: setup torch-env
+	LSTM_JAX_TORCH_PYTHON=$$PWD/.venv-torch/bin/python $(PY) -m lstm_jax.bench

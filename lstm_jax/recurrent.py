@@ -1,0 +1,149 @@
+"""Run a cell over a sequence with `jax.lax.scan`, and stack layers.
+
+Data flow of one layer (time-major inside; the layout is converted once, at the
+public entry points, by `to_time_major` / `from_time_major`):
+
+    xs [T, B, D] --(one matmul: cell.project)--> x_proj [T, B, G*H]
+    scan over t:  carry = reset_t ? zero : carry
+                  carry, h_t = cell.recur(params, carry, x_proj[t])
+    -> carry (final), hs [T, B, H]
+
+Carries go in and come out, so a long sequence cut into windows with the carry
+passed along equals one scan over the whole sequence (truncated BPTT is exact
+in the forward pass). `reset[b, t] = True` zeroes stream b's carry *before*
+step t, so a new document can start in the middle of a window.
+
+A layer implementation is looked up by name in `LAYER_IMPLS`; "scan" is the
+reference that every other implementation is tested against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lstm_jax.cells import Cell, Params
+
+Array = jax.Array
+Carry = Any  # a cell's carry pytree: Array or LSTMCarry
+
+
+def to_time_major(x: Array | None, time_major: bool) -> Array | None:
+    """[B, T, ...] -> [T, B, ...] unless already time-major."""
+    return x if (x is None or time_major) else jnp.swapaxes(x, 0, 1)
+
+
+from_time_major = to_time_major  # the same swap, named for the way back
+
+
+def _apply_reset(cell: Cell, carry: Carry, reset_t: Array | None) -> Carry:
+    if reset_t is None:
+        return carry
+    return jax.tree.map(lambda c: jnp.where(reset_t[:, None], jnp.zeros_like(c), c), carry)
+
+
+def scan_layer_time_major(
+    cell: Cell,
+    params: Params,
+    xs: Array,  # [T, B, D]
+    carry: Carry,
+    reset: Array | None = None,  # [T, B] bool
+    *,
+    unroll: int = 1,
+) -> tuple[Carry, Array]:
+    """The reference layer: hoisted input projection + `lax.scan` of `recur`."""
+    x_proj = cell.project(params, xs)  # [T, B, G*H], one matmul for all steps
+
+    def body(carry, inp):
+        xp_t, reset_t = inp
+        carry = _apply_reset(cell, carry, reset_t)
+        return cell.recur(params, carry, xp_t)
+
+    return jax.lax.scan(body, carry, (x_proj, reset), unroll=unroll)
+
+
+# Layer implementations by name: f(cell, params, xs, carry, reset, *, unroll).
+LAYER_IMPLS: dict[str, Callable[..., tuple[Carry, Array]]] = {"scan": scan_layer_time_major}
+
+
+def get_layer_impl(name: str) -> Callable[..., tuple[Carry, Array]]:
+    if name not in LAYER_IMPLS:
+        raise ValueError(f"unknown layer implementation {name!r}; valid: {sorted(LAYER_IMPLS)}")
+    return LAYER_IMPLS[name]
+
+
+def run_layer(
+    cell: Cell,
+    params: Params,
+    inputs: Array,
+    carry: Carry,
+    reset: Array | None = None,
+    *,
+    time_major: bool = False,
+    unroll: int = 1,
+    impl: str = "scan",
+) -> tuple[Carry, Array]:
+    """One recurrent layer over `inputs` ([B, T, D], or [T, B, D] if
+    `time_major`). Returns the final carry and the outputs in the input layout."""
+    xs = to_time_major(inputs, time_major)
+    carry, hs = get_layer_impl(impl)(
+        cell, params, xs, carry, to_time_major(reset, time_major), unroll=unroll
+    )
+    return carry, from_time_major(hs, time_major)
+
+
+def init_stack(
+    key: Array, cell: Cell, in_dim: int, hidden: int, num_layers: int, dtype: Any = jnp.float32
+) -> list[Params]:
+    """Parameters of `num_layers` layers; layer 0 reads `in_dim`, the rest `hidden`."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    keys = jax.random.split(key, num_layers)
+    return [cell.init(k, in_dim if i == 0 else hidden, hidden, dtype) for i, k in enumerate(keys)]
+
+
+def zero_stack_carry(
+    cell: Cell, num_layers: int, batch: int, hidden: int, dtype: Any = jnp.float32
+) -> tuple[Carry, ...]:
+    return tuple(cell.zero_carry(batch, hidden, dtype) for _ in range(num_layers))
+
+
+def dropout(x: Array, rate: float, rng: Array | None) -> Array:
+    """Inverted dropout; identity when `rate == 0` or `rng is None` (eval)."""
+    if rate == 0.0 or rng is None:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def run_stack(
+    cell: Cell,
+    layers: Sequence[Params],
+    inputs: Array,
+    carries: Sequence[Carry],
+    reset: Array | None = None,
+    *,
+    dropout_rate: float = 0.0,
+    rng: Array | None = None,
+    time_major: bool = False,
+    unroll: int = 1,
+    impl: str = "scan",
+) -> tuple[tuple[Carry, ...], Array]:
+    """L stacked layers. Dropout (rate `dropout_rate`, active only when an
+    `rng` is given) sits on the non-recurrent connections *between* layers,
+    never on the carry, as in Zaremba, Sutskever & Vinyals 2014."""
+    if len(carries) != len(layers):
+        raise ValueError(f"got {len(carries)} carries for {len(layers)} layers")
+    xs = to_time_major(inputs, time_major)
+    reset = to_time_major(reset, time_major)
+    layer_fn = get_layer_impl(impl)
+    new_carries = []
+    for i, (params, carry) in enumerate(zip(layers, carries, strict=True)):
+        if i > 0:
+            xs = dropout(xs, dropout_rate, None if rng is None else jax.random.fold_in(rng, i))
+        carry, xs = layer_fn(cell, params, xs, carry, reset, unroll=unroll)
+        new_carries.append(carry)
+    return tuple(new_carries), from_time_major(xs, time_major)

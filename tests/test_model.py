@@ -1,0 +1,115 @@
+"""Language model and sequence model: shapes, parameter counts, tracing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax.model import LanguageModel, LMConfig, SeqConfig, SequenceModel, count_params
+
+CELL_NAMES = ["lstm", "gru", "rnn_tanh", "rnn_relu", "irnn"]
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1, "irnn": 1}
+
+
+def closed_form(cell, v, e, h, layers, tied=False):
+    """LSTM 4H(D+H+1), GRU 3H(D+H+1) + H (b_hn), RNN H(D+H+1) per layer."""
+    g = GATES[cell]
+    d0 = e or v
+    per_layer = [
+        g * h * ((d0 if i == 0 else h) + h + 1) + (h if cell == "gru" else 0) for i in range(layers)
+    ]
+    return v * e + sum(per_layer) + (0 if tied else h * v) + v
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+@pytest.mark.parametrize("embed,tied", [(0, False), (6, False), (8, True)])
+def test_param_count_matches_closed_form(name, embed, tied):
+    cfg = LMConfig(
+        vocab_size=13, embed_dim=embed, hidden_size=8, num_layers=3, cell=name, tie_embeddings=tied
+    )
+    model = LanguageModel(cfg)
+    params = model.init(jax.random.key(0))
+    expected = closed_form(name, 13, embed, 8, 3, tied)
+    assert count_params(params) == expected == model.param_count()
+
+
+def test_sequence_model_param_count_and_modes():
+    for mode, shape in [("last", (2, 3)), ("all", (2, 9, 3))]:
+        m = SequenceModel(
+            SeqConfig(
+                input_dim=2, output_dim=3, hidden_size=5, num_layers=2, cell="gru", output_mode=mode
+            )
+        )
+        p = m.init(jax.random.key(0))
+        assert count_params(p) == m.param_count() == (3 * 5 * 8 + 5) + (3 * 5 * 11 + 5) + 18
+        out, carry = m.apply(p, jnp.ones((2, 9, 2)))
+        assert out.shape == shape and len(carry) == 2
+
+
+def test_lm_apply_shapes_and_carry_threading():
+    m = LanguageModel(LMConfig(vocab_size=11, embed_dim=4, hidden_size=6, num_layers=2))
+    p = m.init(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (3, 10), 0, 11)
+    logits, carry = m.apply(p, tokens, m.init_carry(3))
+    assert logits.shape == (3, 10, 11)
+    l1, c1 = m.apply(p, tokens[:, :4], m.init_carry(3))
+    l2, c2 = m.apply(p, tokens[:, 4:], c1)
+    np.testing.assert_allclose(jnp.concatenate([l1, l2], 1), logits, atol=1e-5)
+
+
+def test_one_hot_equals_identity_embedding():
+    """One-hot inputs (char-rnn) equal an embedding table that is the identity."""
+    one_hot = LanguageModel(LMConfig(vocab_size=7, hidden_size=5, num_layers=1))
+    table = LanguageModel(LMConfig(vocab_size=7, embed_dim=7, hidden_size=5, num_layers=1))
+    p = one_hot.init(jax.random.key(0))
+    p_table = {**p, "embed": jnp.eye(7)}
+    tokens = jnp.arange(14).reshape(2, 7) % 7
+    a, _ = one_hot.apply(p, tokens, one_hot.init_carry(2))
+    b, _ = table.apply(p_table, tokens, table.init_carry(2))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_dropout_train_vs_eval():
+    m = LanguageModel(LMConfig(vocab_size=11, embed_dim=4, hidden_size=6, dropout=0.5))
+    p = m.init(jax.random.key(0))
+    tokens = jnp.ones((2, 5), jnp.int32)
+    ev1, _ = m.apply(p, tokens, m.init_carry(2))
+    ev2, _ = m.apply(p, tokens, m.init_carry(2), rng=jax.random.key(1))  # train=False
+    np.testing.assert_array_equal(ev1, ev2)
+    tr, _ = m.apply(p, tokens, m.init_carry(2), train=True, rng=jax.random.key(1))
+    assert not np.allclose(tr, ev1)
+    with pytest.raises(ValueError, match="needs an rng"):
+        m.apply(p, tokens, m.init_carry(2), train=True)
+
+
+def test_jitted_forward_traces_once():
+    m = LanguageModel(LMConfig(vocab_size=11, embed_dim=4, hidden_size=6))
+    p = m.init(jax.random.key(0))
+    traces = []
+
+    @jax.jit
+    def forward(params, tokens, carry):
+        traces.append(1)  # runs only while tracing
+        return m.apply(params, tokens, carry)
+
+    tokens = jnp.zeros((2, 5), jnp.int32)
+    out1, c = forward(p, tokens, m.init_carry(2))
+    out2, _ = forward(p, tokens + 1, c)
+    assert len(traces) == 1
+    assert not np.allclose(out1, out2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(num_layers=0), "num_layers must be >= 1"),
+        (dict(hidden_size=0), "hidden_size must be >= 1"),
+        (dict(cell="lstn"), "unknown cell 'lstn'"),
+        (dict(dropout=1.0), "dropout must be in"),
+        (dict(embed_dim=4, tie_embeddings=True), "tie_embeddings needs embed_dim == hidden_size"),
+        (dict(impl="cudnn9"), "unknown layer implementation"),
+    ],
+)
+def test_bad_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LMConfig(vocab_size=10, **{"hidden_size": 8, **kwargs})
