@@ -144,8 +144,8 @@ class LSTM(_CellBase):
         return LSTMCarry(h, c), h
 
     def zero_carry(self, batch: int, hidden: int, dtype: Any = jnp.float32) -> LSTMCarry:
-        z = jnp.zeros((batch, hidden), dtype)
-        return LSTMCarry(z, z)
+        # two buffers, not one shared: a donated train state may not alias itself
+        return LSTMCarry(jnp.zeros((batch, hidden), dtype), jnp.zeros((batch, hidden), dtype))
 
     @staticmethod
     def output(carry: LSTMCarry) -> Array:

@@ -1,0 +1,55 @@
+"""karpathy/char-rnn's defaults on tiny-shakespeare.
+
+2x128 LSTM, one-hot characters, seq 50, batch 50, RMSProp lr 2e-3 with decay
+0.95, per-element gradient clip 5, uniform(+-0.08) init, forget bias 1, lr x0.97
+per epoch after epoch 10, 95/5 train/validation split.
+
+    python -m lstm_jax.train --config configs/shakespeare_char.py
+    # offline: --config.data.path=/path/to/tinyshakespeare.txt
+"""
+
+from lstm_jax.config import base_config
+
+
+def get_config(arg: str | None = None):
+    if arg not in (None, "", "smoke"):
+        raise ValueError(f"unknown configs/shakespeare_char.py argument {arg!r}; valid: smoke")
+    c = base_config()
+    c.data.corpus = "tiny_shakespeare"
+    c.data.tokenizer = "char"
+    c.data.val_fraction = 0.05
+
+    c.model.cell = "lstm"
+    c.model.num_layers = 2
+    c.model.hidden_size = 128
+    c.model.embed_dim = 0  # char-rnn feeds one-hot vectors
+    c.model.forget_bias = 1.0
+    c.model.init_scale = 0.08
+
+    c.train.batch_size = 50
+    c.train.seq_len = 50
+    c.train.num_steps = 4000
+    c.train.eval_every = 1000  # char-rnn evaluates every 1000 iterations
+    c.train.checkpoint_every = 1000
+    c.train.sample_length = 200
+
+    c.optim.name = "rmsprop"
+    c.optim.learning_rate = 2e-3
+    c.optim.decay = 0.95
+    c.optim.clip_mode = "element"
+    c.optim.clip_value = 5.0
+    c.optim.schedule = "exponential"
+    c.optim.decay_rate = 0.97
+    c.optim.decay_after_epochs = 10
+
+    if arg == "smoke":
+        c.model.hidden_size = 32
+        c.train.batch_size = 4
+        c.train.seq_len = 16
+        c.train.num_steps = 20
+        c.train.eval_every = 10
+        c.train.checkpoint_every = 10
+        c.train.log_every = 5
+        c.train.sample_length = 20
+        c.train.progress = False
+    return c

@@ -1,0 +1,32 @@
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def story(tmp_path) -> pathlib.Path:
+    """A small English text (no network, no ../shared)."""
+    text = (
+        "The old wizard climbed the tower. He opened the book, and the pages glowed.\n"
+        "A spell of fire leapt from his hands; the goblins fled into the dark forest.\n"
+    ) * 40
+    path = tmp_path / "story.txt"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def ptb_dir(tmp_path) -> pathlib.Path:
+    d = tmp_path / "ptb"
+    d.mkdir()
+    line = " the cat sat on the <unk> mat . n years ago the dog ran \n"
+    for split, n in (("train", 200), ("valid", 30), ("test", 30)):
+        (d / f"ptb.{split}.txt").write_text(line * n)
+    return d
+
+
+def python_cmd(*args: str) -> list[str]:
+    return [sys.executable, *args]
