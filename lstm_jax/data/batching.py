@@ -138,7 +138,7 @@ class TrainBatcher:
                 f"the training split has {len(self.ids)} tokens, too few for one batch of "
                 f"batch_size={batch_size} x seq_len={seq_len}: mode {mode!r} needs at least "
                 f"batch_size*seq_len+1 = {need} tokens. Use a smaller batch_size or seq_len "
-                "(--config.batch_size=... / --config.seq_len=...) or more text."
+                "(--config.train.batch_size=... / --config.train.seq_len=...) or more text."
             )
         n_pairs = len(self.ids) - 1  # (input, target) pairs
         if mode == "streams":
