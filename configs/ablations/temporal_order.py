@@ -1,0 +1,39 @@
+"""The temporal order problem (lstm_jax.research.tasks), Hochreiter & Schmidhuber 1997,
+task 6a: classify the order (XX, XY, YX, YY) of two symbols hidden among
+distractors at steps ~[10, 20] and ~[50, 60] of a 100-step sequence.
+
+    python -m lstm_jax.research.tasks --config configs/ablations/temporal_order.py --workdir DIR
+
+Every field is documented in lstm_jax/research/tasks.py:base_config.
+"""
+
+import ml_collections
+
+from lstm_jax.research.tasks import base_config, config_args, smoke
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = config_args(arg, ("smoke",), "configs/ablations/temporal_order.py")
+    c = base_config()
+    c.task.name = "temporal_order"
+    c.task.options.seq_len = 100  # T: the paper's lengths are 100-110
+    c.task.options.solve_accuracy = 0.99  # solved: 99% of held-out sequences classified
+
+    c.model.cell = "lstm"
+    c.model.hidden_size = 64
+    c.model.forget_bias = 3.0  # a memory open at init (see configs/ablations/adding.py)
+
+    c.optim.name = "adam"
+    c.optim.learning_rate = 3e-3  # as for the adding problem
+    c.optim.clip_value = 1.0  # global-norm clipping
+
+    c.train.num_steps = 3000  # cap; a member stops when solved
+    c.train.eval_every = 100
+
+    c.sweep.seeds = (0, 1)  # two independent runs in one program
+
+    if "smoke" in args:
+        smoke(c)
+        c.task.options.seq_len = 20
+    c.lock()
+    return c

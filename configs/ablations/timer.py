@@ -1,0 +1,42 @@
+"""A timer task after Jaeger 2012 (lstm_jax.research.tasks): a start pulse and a
+one-step duration cue; the output must hold 0.5 for the cued number of steps
+(up to 50 of a 100-step sequence), then drop to 0.
+
+    python -m lstm_jax.research.tasks --config configs/ablations/timer.py --workdir DIR
+
+Every field is documented in lstm_jax/research/tasks.py:base_config.
+"""
+
+import ml_collections
+
+from lstm_jax.research.tasks import base_config, config_args, smoke
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = config_args(arg, ("smoke",), "configs/ablations/timer.py")
+    c = base_config()
+    c.task.name = "timer"
+    c.task.options.seq_len = 100  # T
+    c.task.options.max_duration = 50  # pulse length for the cue 1.0 (cue L/10 -> 5L steps)
+    c.task.options.solve_mse = 0.01  # solved: per-step MSE < 0.01 (baseline ~0.05)
+
+    c.model.cell = "lstm"
+    c.model.hidden_size = 64
+    c.model.forget_bias = 3.0  # a memory open at init (see configs/ablations/adding.py)
+
+    c.optim.name = "adam"
+    c.optim.learning_rate = 3e-3  # as for the adding problem
+    c.optim.clip_value = 1.0  # global-norm clipping
+
+    c.train.num_steps = 3000  # cap; a member stops when solved
+    c.train.eval_every = 100
+
+    c.sweep.seeds = (0, 1)  # two independent runs in one program
+
+    if "smoke" in args:
+        smoke(c)
+        c.task.options.seq_len = 16
+        c.task.options.max_duration = 8
+        c.sweep.init_scales = (0.05, 0.2)  # 2 seeds x 2 init scales = 4 members
+    c.lock()
+    return c
