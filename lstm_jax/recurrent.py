@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lstm_jax import fused
 from lstm_jax.cells import Cell, Params
 
 Array = jax.Array
@@ -66,7 +67,11 @@ def scan_layer_time_major(
 
 
 # Layer implementations by name: f(cell, params, xs, carry, reset, *, unroll).
-LAYER_IMPLS: dict[str, Callable[..., tuple[Carry, Array]]] = {"scan": scan_layer_time_major}
+# "fused", "fused_remat", "fused_bf16", "cudnn": the fast paths in lstm_jax/fused.py.
+LAYER_IMPLS: dict[str, Callable[..., tuple[Carry, Array]]] = {
+    "scan": scan_layer_time_major,
+    **fused.LAYER_IMPLS,
+}
 
 
 def get_layer_impl(name: str) -> Callable[..., tuple[Carry, Array]]:

@@ -1,0 +1,444 @@
+"""Fast recurrent layers: a hand-written backward pass, rematerialisation,
+bf16 compute, and a cuDNN backend hook. Every function here is a drop-in for
+`recurrent.scan_layer_time_major` and is tested against it (tests/test_fused.py).
+
+Why a custom backward pass. Plain autodiff of the reference scan
+(`recurrent.scan_layer_time_major`) differentiates one step at a time, so the
+recurrent weight gradient `dW_h += h_{t-1}^T dz_t` becomes T small
+`[H, B] @ [B, G*H]` matmuls inside the backward loop, plus the stores of every
+intermediate the step created. cuDNN's answer, copied here:
+
+    forward loop   z_t = x_proj[t] + h_{t-1} @ W_h ; gates ; save activations
+    backward loop  only what is truly sequential: dz_t from (dh_t, dc_t) and
+                   dh_{t-1} = dz_t @ W_h^T, one [B, G*H] @ [G*H, H] matmul a step
+    after the loop dW_h = H_prev^T @ dZ      one [H, T*B] @ [T*B, G*H] matmul
+                   dx_proj = dZ              (the input projection's gradient,
+                                              dW_x and dx, are big matmuls that
+                                              plain autodiff already does well)
+
+The custom VJP covers the recurrence only (`_recurrence`): the input projection
+`x_proj = xs @ W_x + b` stays outside, hoisted over all T steps, and ordinary
+autodiff handles it. The backward loop is exact (same math, different
+association of sums), for every cell in `lstm_jax.cells`, with reset masks and
+with gradients flowing into the incoming carry.
+
+Options (keep the API small; all are keyword arguments of `fused_layer_time_major`,
+and the registered names in `LAYER_IMPLS` fix common choices):
+
+- `remat_chunk`: checkpoint the scan in chunks of K steps. The forward keeps
+  only each chunk's incoming carry; the backward re-runs one chunk at a time.
+  Activation memory drops from O(T) per-step residuals to O(T/K + K)
+  (the layer's input and output, O(T) by nature, stay). "auto" = ceil(sqrt(T)).
+- `compute_dtype`: e.g. jnp.bfloat16: matmul operands in that dtype, products
+  accumulated in fp32, parameters, carries and gate math stay fp32.
+- `cudnn_layer_time_major` (name "cudnn"): on a GPU, the LSTM runs through
+  `jax.experimental.rnn` (cuDNN); elsewhere, or for resets / other cells, it
+  falls back to the fused layer.
+
+Registered names (merged into `recurrent.LAYER_IMPLS`):
+  "fused"        fp32, custom VJP (the fast default)
+  "fused_remat"  + checkpointed chunks of ceil(sqrt(T)) steps (long sequences)
+  "fused_bf16"   + bf16 matmuls (accelerators; slower than fp32 on most CPUs)
+  "cudnn"        cuDNN LSTM on GPU, "fused" elsewhere
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lstm_jax.cells import GRU, LSTM, Cell, LSTMCarry, Params, SimpleRNN
+
+Array = jax.Array
+Carry = Any  # Array (GRU, RNN) or LSTMCarry(h, c)
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+
+
+def _matmul(a: Array, b: Array, compute_dtype: str | None) -> Array:
+    """`a @ b` with operands cast to `compute_dtype` and an fp32 result."""
+    if compute_dtype is None:
+        return a @ b
+    dt = jnp.dtype(compute_dtype)
+    return jnp.matmul(a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
+
+
+def _mask(x: Array, reset_t: Array | None) -> Array:
+    """Zero the rows (streams) that restart at this step: x [B, H], reset_t [B]."""
+    if reset_t is None:
+        return x
+    return jnp.where(reset_t[:, None], jnp.zeros_like(x), x)
+
+
+def _prev(first: Array, seq: Array, reset: Array | None) -> Array:
+    """The state each step *read*: [first, seq[:-1]] after the reset mask.
+    first [B, H], seq [T, B, H] -> [T, B, H]."""
+    prev = jnp.concatenate([first[None], seq[:-1]], axis=0)
+    if reset is None:
+        return prev
+    return jnp.where(reset[..., None], jnp.zeros_like(prev), prev)
+
+
+def _cell_kind(cell: Cell) -> str | None:
+    """The static tag the custom VJP dispatches on; None = no fast path."""
+    if isinstance(cell, LSTM):
+        return "lstm"
+    if isinstance(cell, GRU):
+        return "gru"
+    if isinstance(cell, SimpleRNN):
+        return f"rnn_{cell.activation}"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Per-cell forward / backward loops. Carries are tuples: (h, c) or (h,).
+# `rec` holds the recurrent parameters: {"w_h"} (+ {"b_hn"} for the GRU).
+
+
+def _lstm_fwd(rec, x_proj, carry, reset, unroll, cdt):
+    """x_proj [T, B, 4H] -> final (h, c), hs [T, B, H], residuals."""
+    w_h = rec["w_h"] if cdt is None else rec["w_h"].astype(cdt)
+
+    def body(carry, inp):
+        h, c = carry
+        xp, r = inp
+        h, c = _mask(h, r), _mask(c, r)
+        z = xp + _matmul(h, w_h, cdt)  # [B, 4H]
+        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (h, c), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+
+    final, (hs, cs, acts) = jax.lax.scan(body, carry, (x_proj, reset), unroll=unroll)
+    return final, hs, (hs, cs, acts)
+
+
+def _lstm_bwd(rec, carry, reset, res, d_final, d_hs, unroll, cdt):
+    hs, cs, acts = res  # [T, B, H], [T, B, H], [T, B, 4H]
+    h0, c0 = carry
+    c_prev = _prev(c0, cs, reset)  # [T, B, H]
+    w_ht = rec["w_h"].T  # [4H, H], transposed once, outside the loop
+    w_ht = w_ht if cdt is None else w_ht.astype(cdt)
+
+    def body(dcarry, inp):
+        dh, dc = dcarry
+        dh_out, a, c, cp, r = inp
+        dh = dh + dh_out
+        i, f, g, o = jnp.split(a, 4, axis=-1)
+        tc = jnp.tanh(c)
+        dc = dc + dh * o * (1.0 - tc * tc)
+        dz = jnp.concatenate(
+            [
+                dc * g * i * (1.0 - i),
+                dc * cp * f * (1.0 - f),
+                dc * i * (1.0 - g * g),
+                dh * tc * o * (1.0 - o),
+            ],
+            axis=-1,
+        )  # [B, 4H]
+        dh_prev = _mask(_matmul(dz, w_ht, cdt), r)
+        dc_prev = _mask(dc * f, r)
+        return (dh_prev, dc_prev), dz
+
+    d0, dzs = jax.lax.scan(
+        body, d_final, (d_hs, acts, cs, c_prev, reset), reverse=True, unroll=unroll
+    )
+    h_prev = _prev(h0, hs, reset)  # [T, B, H]
+    d_rec = {"w_h": _weight_grad(h_prev, dzs, cdt)}
+    return d_rec, dzs, d0
+
+
+def _gru_fwd(rec, x_proj, carry, reset, unroll, cdt):
+    """x_proj [T, B, 3H] -> final (h,), hs [T, B, H], residuals."""
+    w_h = rec["w_h"] if cdt is None else rec["w_h"].astype(cdt)
+    b_hn = rec["b_hn"]
+
+    def body(carry, inp):
+        (h,) = carry
+        xp, r = inp
+        h = _mask(h, r)
+        xr, xz, xn = jnp.split(xp, 3, axis=-1)
+        hr, hz, hn = jnp.split(_matmul(h, w_h, cdt), 3, axis=-1)
+        rg = jax.nn.sigmoid(xr + hr)
+        zg = jax.nn.sigmoid(xz + hz)
+        hnb = hn + b_hn
+        n = jnp.tanh(xn + rg * hnb)
+        h_new = (1.0 - zg) * n + zg * h
+        return (h_new,), (h_new, jnp.concatenate([rg, zg, n, hnb], axis=-1))
+
+    final, (hs, acts) = jax.lax.scan(body, carry, (x_proj, reset), unroll=unroll)
+    return final, hs, (hs, acts)
+
+
+def _gru_bwd(rec, carry, reset, res, d_final, d_hs, unroll, cdt):
+    hs, acts = res  # [T, B, H], [T, B, 4H] = (r, z, n, W_hn h + b_hn)
+    (h0,) = carry
+    h_prev = _prev(h0, hs, reset)
+    w_ht = rec["w_h"].T  # [3H, H]
+    w_ht = w_ht if cdt is None else w_ht.astype(cdt)
+
+    def body(dcarry, inp):
+        (dh,) = dcarry
+        dh_out, a, hp, r = inp
+        dh = dh + dh_out
+        rg, zg, n, hnb = jnp.split(a, 4, axis=-1)
+        dn = dh * (1.0 - zg) * (1.0 - n * n)  # d pre-tanh of n
+        dr = dn * hnb * rg * (1.0 - rg)  # d pre-sigmoid of r
+        dzg = dh * (hp - n) * zg * (1.0 - zg)  # d pre-sigmoid of z
+        dhn = dn * rg  # d (W_hn h + b_hn)
+        dx = jnp.concatenate([dr, dzg, dn], axis=-1)  # d x_proj [B, 3H]
+        dhp = jnp.concatenate([dr, dzg, dhn], axis=-1)  # d (h @ W_h) [B, 3H]
+        dh_prev = _mask(dh * zg + _matmul(dhp, w_ht, cdt), r)
+        return (dh_prev,), (dx, dhn)
+
+    d0, (dxs, dhns) = jax.lax.scan(
+        body, d_final, (d_hs, acts, h_prev, reset), reverse=True, unroll=unroll
+    )
+    dhp_all = jnp.concatenate([dxs[..., : -dhns.shape[-1]], dhns], axis=-1)
+    d_rec = {"w_h": _weight_grad(h_prev, dhp_all, cdt), "b_hn": jnp.sum(dhns, axis=(0, 1))}
+    return d_rec, dxs, d0
+
+
+def _rnn_fwd(activation, rec, x_proj, carry, reset, unroll, cdt):
+    """x_proj [T, B, H] -> final (h,), hs [T, B, H]; hs is the only residual."""
+    w_h = rec["w_h"] if cdt is None else rec["w_h"].astype(cdt)
+    act = jnp.tanh if activation == "tanh" else jax.nn.relu
+
+    def body(carry, inp):
+        (h,) = carry
+        xp, r = inp
+        h = act(xp + _matmul(_mask(h, r), w_h, cdt))
+        return (h,), h
+
+    final, hs = jax.lax.scan(body, carry, (x_proj, reset), unroll=unroll)
+    return final, hs, (hs,)
+
+
+def _rnn_bwd(activation, rec, carry, reset, res, d_final, d_hs, unroll, cdt):
+    (hs,) = res
+    (h0,) = carry
+    w_ht = rec["w_h"].T
+    w_ht = w_ht if cdt is None else w_ht.astype(cdt)
+
+    def body(dcarry, inp):
+        (dh,) = dcarry
+        dh_out, h, r = inp
+        dh = dh + dh_out
+        # tanh' = 1 - h^2; relu' = [h > 0] (0 at the kink, as jax.nn.relu)
+        dz = dh * (1.0 - h * h) if activation == "tanh" else jnp.where(h > 0, dh, 0.0)
+        return (_mask(_matmul(dz, w_ht, cdt), r),), dz
+
+    d0, dzs = jax.lax.scan(body, d_final, (d_hs, hs, reset), reverse=True, unroll=unroll)
+    d_rec = {"w_h": _weight_grad(_prev(h0, hs, reset), dzs, cdt)}
+    return d_rec, dzs, d0
+
+
+def _weight_grad(h_prev: Array, dz: Array, cdt: str | None) -> Array:
+    """dW_h = sum_t h_{t-1}^T dz_t as ONE matmul: [H, T*B] @ [T*B, G*H]."""
+    t, b, h = h_prev.shape
+    return _matmul(h_prev.reshape(t * b, h).T, dz.reshape(t * b, -1), cdt)
+
+
+def _loops(kind: str) -> tuple[Callable, Callable]:
+    if kind == "lstm":
+        return _lstm_fwd, _lstm_bwd
+    if kind == "gru":
+        return _gru_fwd, _gru_bwd
+    activation = kind.removeprefix("rnn_")
+    return functools.partial(_rnn_fwd, activation), functools.partial(_rnn_bwd, activation)
+
+
+# ---------------------------------------------------------------------------
+# The custom VJP over the recurrence (input projection excluded).
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _recurrence(kind: str, unroll: int, cdt: str | None, rec, x_proj, carry, reset):
+    """(rec params, x_proj [T, B, G*H], carry tuple, reset [T, B] | None)
+    -> (final carry tuple, hs [T, B, H])."""
+    final, hs, _ = _loops(kind)[0](rec, x_proj, carry, reset, unroll, cdt)
+    return final, hs
+
+
+def _recurrence_fwd(kind, unroll, cdt, rec, x_proj, carry, reset):
+    final, hs, res = _loops(kind)[0](rec, x_proj, carry, reset, unroll, cdt)
+    return (final, hs), (rec, carry, reset, res)
+
+
+def _recurrence_bwd(kind, unroll, cdt, saved, cotangents):
+    rec, carry, reset, res = saved
+    d_final, d_hs = cotangents
+    d_rec, d_xproj, d_carry = _loops(kind)[1](rec, carry, reset, res, d_final, d_hs, unroll, cdt)
+    return d_rec, d_xproj, d_carry, None  # reset: boolean, no cotangent
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+# ---------------------------------------------------------------------------
+# Public layer functions (the interface of recurrent.scan_layer_time_major).
+
+
+def _carry_to_tuple(cell: Cell, carry: Carry) -> tuple[Array, ...]:
+    return (carry.h, carry.c) if isinstance(cell, LSTM) else (carry,)
+
+
+def _tuple_to_carry(cell: Cell, carry: tuple[Array, ...]) -> Carry:
+    return LSTMCarry(*carry) if isinstance(cell, LSTM) else carry[0]
+
+
+def _fused_chunk(
+    cell: Cell,
+    params: Params,
+    xs: Array,
+    carry: Carry,
+    reset: Array | None,
+    unroll: int,
+    compute_dtype: str | None,
+) -> tuple[Carry, Array]:
+    """Projection + custom-VJP recurrence over all of `xs` (no remat)."""
+    kind = _cell_kind(cell)
+    if kind is None:  # an unknown cell: the reference scan is always right
+        from lstm_jax import recurrent  # lazy: recurrent imports this module
+
+        return recurrent.scan_layer_time_major(cell, params, xs, carry, reset, unroll=unroll)
+    x_proj = _matmul(xs, params["w_x"], compute_dtype) + params["b"]  # [T, B, G*H]
+    rec = {k: params[k] for k in ("w_h", "b_hn") if k in params}
+    final, hs = _recurrence(
+        kind, unroll, compute_dtype, rec, x_proj, _carry_to_tuple(cell, carry), reset
+    )
+    return _tuple_to_carry(cell, final), hs
+
+
+def auto_chunk(num_steps: int) -> int:
+    """ceil(sqrt(T)): balances T/K stored carries against K live steps."""
+    return max(1, math.ceil(math.sqrt(num_steps)))
+
+
+def fused_layer_time_major(
+    cell: Cell,
+    params: Params,
+    xs: Array,  # [T, B, D]
+    carry: Carry,
+    reset: Array | None = None,  # [T, B] bool
+    *,
+    unroll: int = 1,
+    remat_chunk: int | str | None = None,
+    compute_dtype: Any = None,
+) -> tuple[Carry, Array]:
+    """Drop-in for `recurrent.scan_layer_time_major` with a hand-written VJP.
+
+    remat_chunk: None (keep every step's activations), an int K, or "auto"
+      (ceil(sqrt(T))). With K, the sequence runs as an outer scan over
+      chunks of K steps, each under `jax.checkpoint`: the forward stores only
+      the chunk boundaries' carries, the backward recomputes one chunk's
+      projection and activations at a time (one extra forward pass, about
+      +1/3 FLOPs). A tail of T mod K steps runs as one more chunk.
+    compute_dtype: None (fp32) or a dtype such as jnp.bfloat16 for the matmul
+      operands; accumulation, carries, gates and parameters stay fp32.
+    """
+    cdt = None if compute_dtype is None else jnp.dtype(compute_dtype).name
+    if remat_chunk is None:
+        return _fused_chunk(cell, params, xs, carry, reset, unroll, cdt)
+    t = xs.shape[0]
+    k = auto_chunk(t) if remat_chunk == "auto" else int(remat_chunk)
+    if k < 1:
+        raise ValueError(f"remat_chunk must be >= 1 or 'auto', got {remat_chunk!r}")
+    n, tail = divmod(t, k)
+    if n <= 1:  # one chunk: checkpointing would only add a recompute
+        return _fused_chunk(cell, params, xs, carry, reset, unroll, cdt)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def chunk(params, carry, xs_c, reset_c):
+        return _fused_chunk(cell, params, xs_c, carry, reset_c, unroll, cdt)
+
+    def body(carry, inp):
+        xs_c, reset_c = inp
+        return chunk(params, carry, xs_c, reset_c)
+
+    head = n * k
+    xs_h = xs[:head].reshape(n, k, *xs.shape[1:])  # [n, K, B, D]
+    reset_h = None if reset is None else reset[:head].reshape(n, k, *reset.shape[1:])
+    carry, hs = jax.lax.scan(body, carry, (xs_h, reset_h))  # hs [n, K, B, H]
+    hs = hs.reshape(head, *hs.shape[2:])
+    if tail:
+        reset_t = None if reset is None else reset[head:]
+        carry, hs_t = chunk(params, carry, xs[head:], reset_t)
+        hs = jnp.concatenate([hs, hs_t], axis=0)
+    return carry, hs
+
+
+# ---------------------------------------------------------------------------
+# cuDNN backend hook (GPU only; exact fallback elsewhere)
+
+
+def to_cudnn_weights(params: Params) -> Array:
+    """One LSTM layer's params -> the flat weight vector of
+    `jax.experimental.rnn` (cuDNN layout: W_ih [4H, D], W_hh [4H, H], b_ih,
+    b_hh, same i, f, g, o gate order as ours; our single bias goes to b_ih)."""
+    b = params["b"]
+    return jnp.concatenate(
+        [params["w_x"].T.reshape(-1), params["w_h"].T.reshape(-1), b, jnp.zeros_like(b)]
+    )
+
+
+def cudnn_available() -> bool:
+    """True when the default backend is a CUDA GPU and jax ships the cuDNN RNN."""
+    try:
+        from jax._src.lib import gpu_rnn  # noqa: F401  (presence check only)
+    except ImportError:
+        return False
+    return jax.default_backend() == "gpu"
+
+
+def cudnn_layer_time_major(
+    cell: Cell,
+    params: Params,
+    xs: Array,  # [T, B, D]
+    carry: Carry,
+    reset: Array | None = None,
+    *,
+    unroll: int = 1,
+) -> tuple[Carry, Array]:
+    """cuDNN's fused LSTM (`jax.experimental.rnn.lstm`) on a CUDA GPU.
+
+    cuDNN has no mid-sequence reset and only the LSTM here, so resets, other
+    cells and non-GPU backends take the exact "fused" path instead. The
+    weights are packed per call (a concat, negligible next to the layer)."""
+    if not (isinstance(cell, LSTM) and reset is None and cudnn_available()):
+        return fused_layer_time_major(cell, params, xs, carry, reset, unroll=unroll)
+    from jax.experimental import rnn  # imported only where it can run
+
+    t, b, d = xs.shape
+    hidden = params["w_h"].shape[0]
+    y, h_n, c_n = rnn.lstm(
+        jnp.swapaxes(xs, 0, 1),  # cuDNN wrapper is batch-first
+        carry.h[None],
+        carry.c[None],
+        to_cudnn_weights(params),
+        jnp.full((b,), t, jnp.int32),
+        input_size=d,
+        hidden_size=hidden,
+        num_layers=1,
+        dropout=0.0,
+        bidirectional=False,
+    )
+    return LSTMCarry(h_n[0], c_n[0]), jnp.swapaxes(y, 0, 1)
+
+
+# Names merged into recurrent.LAYER_IMPLS; each has the layer interface
+# f(cell, params, xs, carry, reset, *, unroll).
+LAYER_IMPLS: dict[str, Callable[..., tuple[Carry, Array]]] = {
+    "fused": fused_layer_time_major,
+    "fused_remat": functools.partial(fused_layer_time_major, remat_chunk="auto"),
+    "fused_bf16": functools.partial(fused_layer_time_major, compute_dtype=jnp.bfloat16),
+    "cudnn": cudnn_layer_time_major,
+}

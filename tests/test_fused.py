@@ -1,0 +1,204 @@
+"""The fast layers (lstm_jax/fused.py) against plain autodiff of the reference scan.
+
+Exactness is checked in float64, so that 1e-5 measures the math and not the
+rounding: forward outputs, final carries, and gradients with respect to the
+parameters, the inputs and the incoming carry, for every cell, 1-3 layers,
+with and without reset masks and with a zero or a carried (random) state.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax import cells, fused, recurrent
+from lstm_jax.model import LanguageModel, LMConfig
+
+CELL_NAMES = ["lstm", "gru", "rnn_tanh", "rnn_relu", "irnn"]
+B, T, D, H = 3, 7, 4, 5
+
+
+def make(name, num_layers, key=0, dtype=jnp.float64, t=T):
+    cell = cells.make_cell(name, init_scale=0.3) if name != "irnn" else cells.make_cell(name)
+    k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
+    layers = recurrent.init_stack(k1, cell, D, H, num_layers, dtype)
+    if name == "gru":  # b_hn initialises to 0; make its gradient path matter
+        layers = [dict(p, b_hn=p["b_hn"] + 0.2) for p in layers]
+    xs = jax.random.normal(k2, (B, t, D), dtype) * (30.0 if name == "irnn" else 1.0)
+    carried = jax.tree.map(
+        lambda z: 0.5 * jax.random.normal(k3, z.shape, dtype),
+        recurrent.zero_stack_carry(cell, num_layers, B, H, dtype),
+    )
+    return cell, layers, xs, carried
+
+
+def reset_mask(t=T):
+    r = np.zeros((B, t), bool)
+    r[0, 3] = True  # stream 0 restarts mid-window
+    r[1, 0] = True  # stream 1 drops the incoming carry
+    r[2, t - 1] = True  # stream 2 restarts at the last step
+    return jnp.asarray(r)
+
+
+def value_and_grads(cell, layers, xs, carries, reset, impl):
+    """A loss touching every output and every final carry, and its gradients
+    with respect to params, inputs and the incoming carries."""
+
+    def loss(layers, xs, carries):
+        final, out = recurrent.run_stack(cell, layers, xs, carries, reset, impl=impl)
+        weights = jnp.linspace(0.5, 1.5, out.size).reshape(out.shape)
+        return jnp.sum(jnp.sin(out) * weights) + sum(
+            jnp.sum(c * c) for c in jax.tree.leaves(final)
+        ), (final, out)
+
+    (val, aux), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
+        layers, xs, carries
+    )
+    return val, aux, grads
+
+
+def assert_trees_close(a, b, tol=1e-5):
+    ta, tb = jax.tree.structure(a), jax.tree.structure(b)
+    assert ta == tb, (ta, tb)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=tol, rtol=tol)
+
+
+@functools.cache
+def all_cases(impl, name, num_layers):
+    """Forward values and gradients for {no reset, reset} x {zero, carried
+    state}, one jitted function per (impl, cell, depth) to keep compiles few;
+    cached, so the scan reference is computed once for all the tests."""
+    with jax.enable_x64(True):
+        cell, layers, xs, carried = make(name, num_layers)
+        zeros = recurrent.zero_stack_carry(cell, num_layers, B, H, jnp.float64)
+
+        @jax.jit
+        def run(layers, xs, carried, zeros):
+            return [
+                value_and_grads(cell, layers, xs, c, r, impl)
+                for r in (None, reset_mask())
+                for c in (zeros, carried)
+            ]
+
+        return jax.device_get(run(layers, xs, carried, zeros))
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_fused_equals_autodiff_of_scan(name, num_layers):
+    assert_trees_close(all_cases("fused", name, num_layers), all_cases("scan", name, num_layers))
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_remat_equals_scan_with_tail_chunk(name):
+    """ "fused_remat" at T = 7: chunks of ceil(sqrt(7)) = 3, so two
+    checkpointed chunks and a tail of 1 step (where stream 2 resets)."""
+    assert fused.auto_chunk(T) == 3 and T % 3 == 1
+    assert_trees_close(all_cases("fused_remat", name, 2), all_cases("scan", name, 2))
+
+
+def test_remat_saves_memory():
+    """At T = 400 the checkpointed layer's backward needs far less scratch
+    memory than the plain scan's (XLA's own accounting, no execution)."""
+    cell = cells.make_cell("lstm")
+    t, b, h = 400, 8, 64
+    params = cell.init(jax.random.key(0), h, h)
+    xs = jnp.ones((t, b, h))
+    carry = cell.zero_carry(b, h)
+
+    def peak(impl):
+        def loss(params, xs):
+            _, hs = recurrent.get_layer_impl(impl)(cell, params, xs, carry, None, unroll=1)
+            return jnp.sum(hs)
+
+        compiled = jax.jit(jax.grad(loss, (0, 1))).lower(params, xs).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    assert peak("fused_remat") < peak("scan") / 3
+
+
+def test_unroll_and_unknown_options():
+    with jax.enable_x64(True):
+        cell, layers, xs, carried = make("lstm", 2)
+        ref = recurrent.run_stack(cell, layers, xs, carried, reset_mask())
+        got = recurrent.run_stack(cell, layers, xs, carried, reset_mask(), unroll=3, impl="fused")
+        assert_trees_close(got, ref)
+    with pytest.raises(ValueError, match="remat_chunk must be >= 1"):
+        fused.fused_layer_time_major(cell, layers[0], xs, carried[0], remat_chunk=0)
+
+
+def test_bf16_compute_runs_and_stays_close():
+    """bf16 matmul operands, fp32 accumulation/params/carry: close to fp32,
+    and the gradients keep fp32 dtypes."""
+    cell, layers, xs, carried = make("lstm", 2, dtype=jnp.float32)
+    run = jax.jit(lambda impl, *a: value_and_grads(cell, *a, reset_mask(), impl), static_argnums=0)
+    ref = run("fused", layers, xs, carried)
+    got = run("fused_bf16", layers, xs, carried)
+    assert_trees_close(got, ref, tol=5e-2)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(got[2]))
+    assert not np.allclose(got[1][1], ref[1][1], atol=1e-7)  # bf16 really was used
+
+
+def test_lm_with_fused_impl_matches_scan():
+    """The whole language model (embedding, stack, readout) and its gradient."""
+    cfg = LMConfig(vocab_size=11, embed_dim=6, hidden_size=8, num_layers=2)
+    tokens = jax.random.randint(jax.random.key(1), (3, 9), 0, 11)
+    reset = jnp.zeros((3, 9), bool).at[1, 4].set(True)
+
+    params = LanguageModel(cfg).init(jax.random.key(0))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def loss_and_grad(impl, params):
+        model = LanguageModel(dataclasses.replace(cfg, impl=impl))
+
+        def loss(params):
+            logits, carry = model.apply(params, tokens, model.init_carry(3), reset=reset)
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 0]) + jnp.sum(carry[0].h)
+
+        return jax.value_and_grad(loss)(params)
+
+    assert_trees_close(loss_and_grad("fused", params), loss_and_grad("scan", params), tol=1e-5)
+
+
+def test_cudnn_weight_layout_matches_reference_lstm():
+    """The packing `to_cudnn_weights` feeds jax.experimental.rnn; its CPU
+    reference (`lstm_ref`, same layout) must reproduce our LSTM layer. On CPU
+    the "cudnn" impl itself falls back to "fused"."""
+    from jax.experimental import rnn
+
+    with jax.enable_x64(True):
+        cell, layers, xs, carried = make("lstm", 1)
+        (h, c), ys = recurrent.run_layer(cell, layers[0], xs, carried[0])
+        w = fused.to_cudnn_weights(layers[0])
+        assert w.shape == (rnn.get_num_params_in_lstm(D, H, 1, False),)
+        w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(w, D, H, 1, False)
+        y_ref, h_ref, c_ref = rnn.lstm_ref(
+            xs,
+            carried[0].h[None],
+            carried[0].c[None],
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+            jnp.full((B,), T, jnp.int32),
+            D,
+            H,
+            1,
+            0.0,
+            False,
+        )
+        np.testing.assert_allclose(ys, y_ref, atol=1e-10)
+        np.testing.assert_allclose(h, h_ref[0], atol=1e-10)
+        np.testing.assert_allclose(c, c_ref[0], atol=1e-10)
+    if jax.default_backend() == "cpu":
+        assert not fused.cudnn_available()
+
+
+def test_registered_names():
+    for name in ("fused", "fused_remat", "fused_bf16", "cudnn"):
+        assert recurrent.get_layer_impl(name) is fused.LAYER_IMPLS[name]
+    assert fused.auto_chunk(10_000) == 100 and fused.auto_chunk(1) == 1
