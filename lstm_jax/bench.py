@@ -1,0 +1,517 @@
+"""Throughput and memory benchmark, side by side with the peers (not a test).
+
+    python -m lstm_jax.bench                                  # every config, markdown
+    python -m lstm_jax.bench --configs seeds,sample --steps 20
+    python -m lstm_jax.bench --configs long_seq               # memory vs T, remat on/off
+    python -m lstm_jax.bench --json                           # one JSON object per row
+
+What is measured (one process, one config at a time, peers run one after the
+other, never concurrently, so they do not fight for the cores):
+
+- train configs: one jitted train step = embed -> L-layer LSTM -> readout,
+  mean cross-entropy, backward, global-norm clip 5, Adam(2e-3), fp32, params
+  and optimizer state donated. tokens/s = B*T / median step time after
+  `--warmup` steps, over `--rounds` x `--steps` timed steps; the rounds cycle
+  through the implementations so that a load spike hits all of them alike.
+  Rows: ours ("scan" = the reference lax.scan, "fused" = lstm_jax.fused), the
+  flax peers (`nn.RNN(nn.LSTMCell)`, `nn.RNN(nn.OptimizedLSTMCell)`) and
+  PyTorch `nn.LSTM` with the same shapes, step and optimizer, run in the
+  interpreter named by LSTM_JAX_TORCH_PYTHON with `torch.set_num_threads`
+  = --threads (the column is skipped, and the table says so, when unset).
+- compile: seconds of `jit(...).lower(...).compile()` (torch: the first step).
+- peak MiB: XLA's `memory_analysis().peak_memory_in_bytes` of the compiled
+  step (live buffers the program allocates; the donated params/optimizer
+  state it receives are not counted); torch: growth of the process's peak RSS
+  over the timed loop (params are created before, Adam state inside).
+- roofline: train FLOPs per token (3x the forward matmul FLOPs: the LSTM's
+  input and recurrent matmuls and the readout) x tokens/s, as a fraction of
+  the best fp32 2048^3 matmul rate measured in this run.
+- sample: characters/s of generation with the char-rnn model for 1 and 64
+  streams, `lstm_jax.sample.generate` (one compiled loop) against PyTorch's
+  step-by-step Python loop.
+- long_seq: the char-rnn model at T = 1,000 and 10,000 with "scan", "fused"
+  and "fused_remat": peak memory and tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lstm_jax.model import LanguageModel, LMConfig
+
+TORCH_SCRIPT = pathlib.Path(__file__).with_name("bench_torch.py")
+MiB = 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """A language model's shape and its batch: the key of every measurement."""
+
+    vocab: int  # V
+    embed: int  # E
+    hidden: int  # H
+    layers: int  # L
+    batch: int  # B (streams when sampling)
+    seq: int  # T (generated tokens when sampling)
+
+    @property
+    def train_flops_per_token(self) -> float:
+        """3x the forward matmul FLOPs (forward, and two matmuls backward)."""
+        fwd = sum(
+            2 * 4 * self.hidden * ((self.embed if i == 0 else self.hidden) + self.hidden)
+            for i in range(self.layers)
+        )
+        return 3.0 * (fwd + 2 * self.hidden * self.vocab)
+
+
+# The word-level dnd model: configs/dnd.py (3x512, embed 256, batch 32, 15-word
+# windows; dropout left out here, as for every config) with the vocabulary its
+# word tokenizer builds from the SRD spells at min_count=2 (1,914 words).
+TRAIN_CONFIGS: dict[str, Shape] = {
+    "char_rnn": Shape(65, 64, 128, 2, 50, 50),  # karpathy/char-rnn defaults
+    "seeds": Shape(65, 64, 512, 2, 64, 100),  # the seeds' char model size
+    "zaremba_small": Shape(10000, 200, 200, 2, 20, 20),  # Zaremba et al. 2014, small
+    "dnd_word": Shape(1914, 256, 512, 3, 32, 15),  # the headline word-level run
+}
+SAMPLE_SHAPE = Shape(65, 64, 128, 2, 1, 1000)  # char-rnn model; batch = streams
+SAMPLE_STREAMS = (1, 64)
+LONG_SEQ_SHAPE = Shape(65, 64, 128, 2, 50, 0)  # char-rnn model; seq from LONG_SEQ_T
+LONG_SEQ_T = (1000, 10000)
+ALL_CONFIGS = (*TRAIN_CONFIGS, "sample", "long_seq")
+OUR_IMPLS = ("scan", "fused")
+PEERS = ("torch", "flax_lstm", "flax_optimized")
+LABELS = {
+    "scan": "ours: lax.scan (reference)",
+    "fused": "ours: fused (custom VJP)",
+    "fused_remat": "ours: fused + remat",
+    "fused_bf16": "ours: fused, bf16 matmuls",
+    "cudnn": "ours: cuDNN backend",
+    "torch": "PyTorch nn.LSTM",
+    "flax_lstm": "flax nn.RNN(LSTMCell)",
+    "flax_optimized": "flax nn.RNN(OptimizedLSTMCell)",
+}
+
+
+@dataclasses.dataclass
+class Row:
+    """One measured implementation on one config."""
+
+    config: str
+    impl: str
+    shape: Shape
+    times: list[float] = dataclasses.field(default_factory=list)  # seconds per step
+    compile_s: float = float("nan")
+    peak_mib: float = float("nan")
+    note: str = ""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.shape.batch * self.shape.seq / float(np.median(self.times))
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range of the step time, relative to the median."""
+        q1, q2, q3 = np.percentile(self.times, [25, 50, 75])
+        return float((q3 - q1) / q2)
+
+    def as_json(self, matmul_gflops: float, ratios: dict[str, float]) -> dict[str, Any]:
+        s = self.shape
+        out = {
+            "config": self.config,
+            "impl": self.impl,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            **dataclasses.asdict(s),
+            "median_step_s": float(np.median(self.times)),
+            "iqr_rel": round(self.spread, 4),
+            "steps_timed": len(self.times),
+            "compile_s": round(self.compile_s, 3),
+            "peak_mib": round(self.peak_mib, 2),
+            "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        }
+        if self.config != "sample":
+            out["roofline_fraction"] = round(
+                self.tokens_per_s * s.train_flops_per_token / (matmul_gflops * 1e9), 4
+            )
+            out["matmul_gflops"] = round(matmul_gflops, 1)
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Timing helpers
+
+
+def matmul_gflops(n: int = 2048, reps: int = 8) -> float:
+    """Best fp32 n^3 matmul rate of this machine right now (the roofline)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _peak_mib(compiled: Any) -> float:
+    try:
+        return compiled.memory_analysis().peak_memory_in_bytes / MiB
+    except (AttributeError, TypeError):  # a backend without the analysis
+        return float("nan")
+
+
+class JaxTrainer:
+    """A compiled, donated train step and its state, timed a few steps at a time."""
+
+    def __init__(self, loss_fn: Callable, params: Any, tokens: jax.Array):
+        opt = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(2e-3))
+        targets = jnp.roll(tokens, -1, axis=1)
+
+        def step(params, opt_state, tokens, targets):
+            loss, grads = jax.value_and_grad(loss_fn)(params, tokens, targets)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        opt_state = opt.init(params)
+        t0 = time.perf_counter()
+        self.compiled = (
+            jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, tokens, targets).compile()
+        )
+        self.compile_s = time.perf_counter() - t0
+        self.peak_mib = _peak_mib(self.compiled)
+        self.state = (params, opt_state)
+        self.batch = (tokens, targets)
+
+    def run(self, steps: int) -> list[float]:
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            params, opt_state, loss = self.compiled(*self.state, *self.batch)
+            loss.block_until_ready()
+            times.append(time.perf_counter() - t0)
+            self.state = (params, opt_state)
+        return times
+
+
+def _xent(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def _tokens(shape: Shape) -> jax.Array:
+    return jax.random.randint(jax.random.key(1), (shape.batch, shape.seq), 0, shape.vocab)
+
+
+def ours_trainer(shape: Shape, impl: str) -> JaxTrainer:
+    model = LanguageModel(
+        LMConfig(
+            vocab_size=shape.vocab,
+            embed_dim=shape.embed,
+            hidden_size=shape.hidden,
+            num_layers=shape.layers,
+            impl=impl,
+        )
+    )
+    carry = model.init_carry(shape.batch)
+
+    def loss_fn(params, tokens, targets):
+        logits, _ = model.apply(params, tokens, carry)
+        return _xent(logits, targets)
+
+    return JaxTrainer(loss_fn, model.init(jax.random.key(0)), _tokens(shape))
+
+
+def flax_trainer(shape: Shape, optimized: bool) -> JaxTrainer:
+    from flax import linen as nn  # a peer, imported only when measured
+
+    cell_cls = nn.OptimizedLSTMCell if optimized else nn.LSTMCell
+
+    class FlaxLM(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            x = nn.Embed(shape.vocab, shape.embed)(tokens)
+            for _ in range(shape.layers):
+                x = nn.RNN(cell_cls(shape.hidden))(x)
+            return nn.Dense(shape.vocab)(x)
+
+    net = FlaxLM()
+    tokens = _tokens(shape)
+    params = net.init(jax.random.key(0), tokens)
+
+    def loss_fn(params, tokens, targets):
+        return _xent(net.apply(params, tokens), targets)
+
+    return JaxTrainer(loss_fn, params, tokens)
+
+
+def torch_python() -> str | None:
+    return os.environ.get("LSTM_JAX_TORCH_PYTHON") or None
+
+
+def run_torch(job: dict[str, Any]) -> dict[str, Any]:
+    """One job in torch's interpreter; returns its JSON result."""
+    out = subprocess.run(
+        [torch_python(), str(TORCH_SCRIPT), json.dumps(job)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------
+# Benchmarks
+
+
+def bench_train(
+    name: str, shape: Shape, impls: list[str], peers: list[str], args: argparse.Namespace
+) -> list[Row]:
+    makers: dict[str, Callable[[], JaxTrainer]] = {
+        impl: (lambda impl=impl: ours_trainer(shape, impl)) for impl in impls
+    }
+    if "flax_lstm" in peers:
+        makers["flax_lstm"] = lambda: flax_trainer(shape, optimized=False)
+    if "flax_optimized" in peers:
+        makers["flax_optimized"] = lambda: flax_trainer(shape, optimized=True)
+    rows: dict[str, Row] = {}
+    trainers: dict[str, JaxTrainer] = {}
+    for key, make in makers.items():
+        trainers[key] = trainer = make()
+        trainer.run(args.warmup)
+        rows[key] = Row(name, key, shape, compile_s=trainer.compile_s, peak_mib=trainer.peak_mib)
+    use_torch = "torch" in peers and torch_python()
+    if use_torch:
+        rows["torch"] = Row(name, "torch", shape)
+    for _ in range(args.rounds):  # cycle, so that load spikes hit every row
+        for key, trainer in trainers.items():
+            trainer.run(1)  # re-warm caches after the previous row
+            rows[key].times += trainer.run(args.steps)
+        if use_torch:
+            job = {"kind": "train", **dataclasses.asdict(shape), "threads": args.threads}
+            res = run_torch({**job, "warmup": args.warmup, "steps": args.steps})
+            r = rows["torch"]
+            r.times += res["times"]
+            r.compile_s = res["first_step_s"]
+            r.peak_mib = max(res["peak_mib"], 0.0 if np.isnan(r.peak_mib) else r.peak_mib)
+            r.note = f"torch {res['torch_version']}, {args.threads} threads"
+    del trainers
+    return list(rows.values())
+
+
+def _our_sampler(shape: Shape) -> Callable[[jax.Array], Any]:
+    """`lstm_jax.sample.generate` on a fresh model (random weights: speed only)."""
+    from lstm_jax import sample  # noqa: PLC0415  (CLI-only dependency)
+
+    model = LanguageModel(
+        LMConfig(
+            vocab_size=shape.vocab,
+            embed_dim=shape.embed,
+            hidden_size=shape.hidden,
+            num_layers=shape.layers,
+        )
+    )
+    params = model.init(jax.random.key(0))
+    prime = np.zeros((1,), np.int32)
+
+    def run(key):
+        return sample.generate(
+            model, params, prime, key, length=shape.seq, num_samples=shape.batch
+        ).tokens
+
+    return run
+
+
+def bench_sample(peers: list[str], args: argparse.Namespace) -> list[Row]:
+    rows = []
+    for streams in SAMPLE_STREAMS:
+        shape = dataclasses.replace(SAMPLE_SHAPE, batch=streams)
+        run = _our_sampler(shape)
+        t0 = time.perf_counter()
+        run(jax.random.key(0)).block_until_ready()
+        ours = Row("sample", "generate", shape, compile_s=time.perf_counter() - t0)
+        ours.note = "lstm_jax.sample.generate (one compiled loop)"
+        torch_row = Row("sample", "torch", shape, note="step-by-step Python loop")
+        for r in range(args.rounds):
+            for i in range(max(3, args.steps // 3)):
+                t0 = time.perf_counter()
+                run(jax.random.key(1 + r * 100 + i)).block_until_ready()
+                ours.times.append(time.perf_counter() - t0)
+            if "torch" in peers and torch_python():
+                job = {"kind": "sample", **dataclasses.asdict(shape), "threads": args.threads}
+                res = run_torch({**job, "steps": max(3, args.steps // 3)})
+                torch_row.times += res["times"]
+        rows.append(ours)
+        if torch_row.times:
+            rows.append(torch_row)
+    return rows
+
+
+def bench_long_seq(args: argparse.Namespace) -> list[Row]:
+    rows = []
+    for t in LONG_SEQ_T:
+        shape = dataclasses.replace(LONG_SEQ_SHAPE, seq=t)
+        for impl in ("scan", "fused", "fused_remat"):
+            trainer = ours_trainer(shape, impl)
+            row = Row("long_seq", impl, shape, compile_s=trainer.compile_s)
+            row.peak_mib = trainer.peak_mib
+            trainer.run(1)
+            row.times = trainer.run(args.long_steps)
+            rows.append(row)
+            del trainer
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+
+
+def ratios(row: Row, rows: list[Row]) -> dict[str, float]:
+    """This row's tokens/s over each peer's, measured in the same run."""
+    out = {}
+    for other in rows:
+        same = other.config == row.config and other.shape == row.shape
+        if same and other.impl in PEERS and other.impl != row.impl:
+            out[f"vs_{other.impl}"] = row.tokens_per_s / other.tokens_per_s
+    return out
+
+
+def _fmt_ratio(r: float | None) -> str:
+    return "" if r is None else f"{r:.2f}x"
+
+
+def markdown(rows: list[Row], gflops: float, notes: list[str]) -> str:
+    out = []
+    train = [r for r in rows if r.config in TRAIN_CONFIGS]
+    if train:
+        out.append(
+            f"Train step (fwd + bwd + clip + Adam, fp32), tokens/s, median of the timed "
+            f"steps; roofline = the best 2048^3 fp32 matmul in this run, "
+            f"{gflops:.0f} GFLOP/s.\n"
+        )
+        out.append(
+            "| config (V, E, H, L, B, T) | implementation | tokens/s | IQR | "
+            "vs PyTorch | vs flax LSTMCell | vs flax Optimized | roofline | "
+            "compile s | peak MiB |"
+        )
+        out.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for r in train:
+            s, q = r.shape, ratios(r, rows)
+            frac = r.tokens_per_s * s.train_flops_per_token / (gflops * 1e9)
+            out.append(
+                f"| {r.config} ({s.vocab}, {s.embed}, {s.hidden}, {s.layers}, {s.batch}, "
+                f"{s.seq}) | {LABELS.get(r.impl, r.impl)} | {r.tokens_per_s:,.0f} | "
+                f"{100 * r.spread:.0f}% | {_fmt_ratio(q.get('vs_torch'))} | "
+                f"{_fmt_ratio(q.get('vs_flax_lstm'))} | "
+                f"{_fmt_ratio(q.get('vs_flax_optimized'))} | {100 * frac:.0f}% | "
+                f"{r.compile_s:.1f} | {r.peak_mib:,.0f} |"
+            )
+    sample = [r for r in rows if r.config == "sample"]
+    if sample:
+        out.append(
+            "\nSampling (char-rnn model, V=65, E=64, 2x128), characters/s, "
+            f"{SAMPLE_SHAPE.seq} tokens per stream:\n"
+        )
+        out.append("| streams | implementation | chars/s | IQR | vs PyTorch |")
+        out.append("|--:|---|--:|--:|--:|")
+        for r in sample:
+            label = "ours: sample.generate" if r.impl != "torch" else "PyTorch step loop"
+            q = ratios(r, rows)
+            out.append(
+                f"| {r.shape.batch} | {label} | {r.tokens_per_s:,.0f} | "
+                f"{100 * r.spread:.0f}% | {_fmt_ratio(q.get('vs_torch'))} |"
+            )
+    longs = [r for r in rows if r.config == "long_seq"]
+    if longs:
+        out.append(
+            "\nLong sequences (char-rnn model, B=50), train step, XLA peak memory and tokens/s:\n"
+        )
+        out.append("| T | implementation | peak MiB | vs scan memory | tokens/s | compile s |")
+        out.append("|--:|---|--:|--:|--:|--:|")
+        for r in longs:
+            base = next(o for o in longs if o.shape == r.shape and o.impl == "scan")
+            out.append(
+                f"| {r.shape.seq:,} | {LABELS.get(r.impl, r.impl)} | {r.peak_mib:,.0f} | "
+                f"{r.peak_mib / base.peak_mib:.2f} | {r.tokens_per_s:,.0f} | "
+                f"{r.compile_s:.1f} |"
+            )
+    if notes:
+        out.append("\n" + "\n".join(f"- {n}" for n in notes))
+    return "\n".join(out)
+
+
+def machine_notes(args: argparse.Namespace) -> list[str]:
+    notes = [
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"jax {jax.__version__} on {jax.default_backend()}; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+        f"{args.warmup} warm-up steps, {args.rounds} rounds x {args.steps} timed steps",
+    ]
+    if not torch_python():
+        notes.append("PyTorch column skipped: LSTM_JAX_TORCH_PYTHON is not set.")
+    return notes
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lstm_jax.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--configs", default=",".join(ALL_CONFIGS), help=f"from {ALL_CONFIGS}")
+    p.add_argument("--impls", default=",".join(OUR_IMPLS), help="our layer implementations")
+    p.add_argument("--peers", default=",".join(PEERS), help=f"from {PEERS}; '' for none")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds cycling through the rows")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+    p.add_argument("--long_steps", type=int, default=3, help="timed steps per long_seq row")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--json", action="store_true", help="one JSON object per row, no table")
+    args = p.parse_args(argv)
+    for field, valid in (("configs", ALL_CONFIGS), ("peers", PEERS)):
+        chosen = [c for c in getattr(args, field).split(",") if c]
+        bad = sorted(set(chosen) - set(valid))
+        if bad:
+            p.error(f"unknown {field} {bad}; valid: {list(valid)}")
+        setattr(args, field, chosen)
+    from lstm_jax import recurrent  # the registry of layer implementations
+
+    args.impls = [i for i in args.impls.split(",") if i]
+    bad = sorted(set(args.impls) - set(recurrent.LAYER_IMPLS))
+    if bad:
+        p.error(f"unknown impls {bad}; valid: {sorted(recurrent.LAYER_IMPLS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    rows: list[Row] = []
+    gflops = matmul_gflops()
+    for name in args.configs:
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        if name in TRAIN_CONFIGS:
+            rows += bench_train(name, TRAIN_CONFIGS[name], args.impls, args.peers, args)
+        elif name == "sample":
+            rows += bench_sample(args.peers, args)
+        elif name == "long_seq":
+            rows += bench_long_seq(args)
+        gflops = max(gflops, matmul_gflops())
+    if args.json:
+        for r in rows:
+            print(json.dumps(r.as_json(gflops, ratios(r, rows))))
+    else:
+        print(markdown(rows, gflops, machine_notes(args)))
+
+
+if __name__ == "__main__":
+    main()
