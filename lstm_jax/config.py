@@ -84,6 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8  # optimizer epsilon
     c.optim.weight_decay = 1e-4  # adamw decoupled weight decay
 
+    c.parallel = ml_collections.ConfigDict()  # data parallelism (lstm_jax/parallel.py)
+    c.parallel.per_device_batch_size = 0  # > 0: global batch = this x devices (sets batch_size)
+    c.parallel.shard_optimizer_state = False  # split optimizer moments over devices (ZeRO-1)
+
     c.lock()
     return c
 

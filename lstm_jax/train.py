@@ -2,15 +2,23 @@
 
     python -m lstm_jax.train --config configs/dnd.py --workdir workdirs/dnd
     python -m lstm_jax.train --config configs/dnd.py:smoke --config.train.num_steps=50
+    python launch/local.py -n 2 -- python -m lstm_jax.train --config ...   # 2 processes
 
 One linear loop (big_vision / Flax-examples style):
 
     config -> corpus -> tokenizer -> token ids -> train/valid split
-           -> TrainBatcher (B streams x T steps, carry passed across windows)
+           -> TrainBatcher (B streams x T steps, carry passed across windows;
+                            each process reads only its own rows)
            -> train_step(state, batch) -> (state, metrics)   [jit, donated state]
-           -> metrics.jsonl + TensorBoard + progress bar
+           -> metrics.jsonl + TensorBoard + progress bar     [process 0 only]
            -> evaluate() over the whole validation split with carried state
            -> orbax checkpoint: state + data position + tokenizer + config
+
+The same loop runs on one device, on the devices of one host and on many hosts
+(data parallel, see lstm_jax/parallel.py): the state lives on a 1-D device mesh,
+parameters and optimizer state replicated (or the optimizer state sharded),
+the batch and the carried state split by rows; the step is one `jit`, and its
+loss is the mean over the global batch, so N devices compute what one would.
 
 A rerun in the same workdir resumes from the latest checkpoint, exactly:
 parameters, optimizer state, carried state, step and data position are all
@@ -19,6 +27,7 @@ restored, and per-step randomness is `fold_in(key(seed), step)`.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import pathlib
@@ -33,10 +42,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import app, flags, logging
+from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from lstm_jax import config as config_lib
-from lstm_jax import optim
+from lstm_jax import optim, parallel
 from lstm_jax.checkpoint import Checkpointer, CheckpointError
 from lstm_jax.data import batching, corpora, tokenizers
 from lstm_jax.metrics import MetricWriter, Progress, per_token_report, unigram_loss
@@ -107,6 +117,28 @@ def init_state(
     )
 
 
+def state_sharding(mesh: Mesh, abstract: TrainState, shard_optimizer_state: bool) -> TrainState:
+    """Where each part of the state lives on the data mesh.
+
+    Parameters, step and key: replicated. The carry: split by rows like the
+    batch, since each row is one stream's recurrent state. The optimizer state:
+    replicated, or split over devices to save memory (`parallel.shard_optimizer_state`).
+    """
+    rep = parallel.replicated(mesh)
+    opt = (
+        parallel.optimizer_state_sharding(abstract.opt_state, mesh)
+        if shard_optimizer_state
+        else jax.tree.map(lambda _: rep, abstract.opt_state)
+    )
+    return TrainState(
+        step=rep,
+        params=jax.tree.map(lambda _: rep, abstract.params),
+        opt_state=opt,
+        carry=jax.tree.map(lambda _: parallel.batch_sharding(mesh), abstract.carry),
+        rng=rep,
+    )
+
+
 def masked_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, ...]:
     """Sum of per-token negative log-likelihood (nats) and number of tokens."""
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
@@ -118,8 +150,16 @@ def masked_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[
 
 
 def make_train_step(
-    model: LanguageModel, optimizer: optax.GradientTransformationExtraArgs, learning_rate: Callable
+    model: LanguageModel,
+    optimizer: optax.GradientTransformationExtraArgs,
+    learning_rate: Callable,
+    mesh: Mesh | None = None,
+    shardings: TrainState | None = None,
 ) -> Callable[[TrainState, batching.Batch], tuple[TrainState, dict]]:
+    """The jitted step. With a `mesh` (and the state's `shardings`), the batch
+    is split by rows over the devices and XLA all-reduces the gradients; the
+    loss is a mean over the global batch, so the result is the one-device step's."""
+
     def loss_fn(params, carry, batch, rng):
         logits, carry = model.apply(
             params, batch.inputs, carry, reset=batch.reset, train=True, rng=rng
@@ -147,17 +187,30 @@ def make_train_step(
         }
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=0)
+    rows, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(shardings, rows),
+        out_shardings=(shardings, rep),
+        donate_argnums=0,
+    )
 
 
-def make_eval_step(model: LanguageModel) -> Callable:
-    @jax.jit
+def make_eval_step(model: LanguageModel, mesh: Mesh | None = None) -> Callable:
+    """(params, carry, batch) -> (sum of nll, token count, carry); with a `mesh`,
+    rows split over devices and the sums are global."""
+
     def eval_step(params, carry, batch: batching.Batch):
         logits, carry = model.apply(params, batch.inputs, carry, reset=batch.reset)
         total, count = masked_nll(logits, batch.targets, batch.mask)
         return total, count, carry
 
-    return eval_step
+    if mesh is None:
+        return jax.jit(eval_step)
+    rows, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    return jax.jit(eval_step, in_shardings=(rep, rows, rows), out_shardings=(rep, rep, rows))
 
 
 def evaluate(
@@ -168,14 +221,23 @@ def evaluate(
     batch_size: int,
     seq_len: int,
     max_batches: int = 0,
+    mesh: Mesh | None = None,
 ) -> float:
-    """Mean nats/token over the split (every target once, state carried)."""
+    """Mean nats/token over the split (every target once, state carried).
+
+    With a `mesh`, every process walks the same batches and feeds its devices'
+    rows (`eval_step` from `make_eval_step(model, mesh)`); the sums are global,
+    so the value is the single-process one whatever the number of processes.
+    """
     total, count, carry = 0.0, 0.0, None
     for i, batch in enumerate(batching.eval_batches(ids, batch_size, seq_len)):
         if max_batches and i >= max_batches:
             break
+        if mesh is not None:
+            batch = parallel.to_global(batch, mesh, batch_size)
         if carry is None:
-            carry = model.init_carry(batch.inputs.shape[0])
+            carry = model.init_carry(batch_size)
+            carry = carry if mesh is None else parallel.to_global(carry, mesh, batch_size)
         t, c, carry = eval_step(params, carry, batch)
         total, count = total + float(t), count + float(c)
     return total / max(count, 1.0)
@@ -232,7 +294,12 @@ def has_checkpoint(workdir: pathlib.Path) -> bool:
 
 
 class _StopSignal:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits."""
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits.
+
+    A save is collective, so with several processes all must stop at the same
+    step: they agree every `every` steps (one tiny all-gather); one process
+    checks its flag every step at no cost.
+    """
 
     def __init__(self):
         self.signum: int | None = None
@@ -246,6 +313,11 @@ class _StopSignal:
     def _handle(self, signum, frame):
         del frame
         self.signum = signum
+
+    def agreed(self, step: int, every: int) -> bool:
+        if jax.process_count() == 1:
+            return self.signum is not None
+        return step % every == 0 and parallel.any_process(self.signum is not None)
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -269,6 +341,14 @@ class NonFiniteLossError(FloatingPointError):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train (or resume) in `workdir`; returns a summary of the run."""
     config_lib.validate(config)
+    mesh = parallel.data_mesh()
+    par = config.get("parallel", config_lib.base_config().parallel)
+    batch_size = parallel.global_batch_size(
+        config.train.batch_size, par.per_device_batch_size, mesh.devices.size
+    )
+    if batch_size != config.train.batch_size:  # per-device batch given: record the global one
+        config = copy.deepcopy(config)
+        config.train.batch_size = batch_size
     workdir_path = pathlib.Path(workdir)
     cfg_dict = config.to_dict()
     saved_config = workdir_path / "config.json"
@@ -289,20 +369,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 "trained with. Refusing to resume: use a new --workdir."
             )
 
-    batcher = batching.TrainBatcher(
-        data.splits["train"], t.batch_size, t.seq_len, mode=config.data.batching, seed=config.seed
+    shard_index, num_shards = parallel.process_rows(mesh)
+    batcher = batching.TrainBatcher(  # this process's rows of every global batch
+        data.splits["train"],
+        t.batch_size,
+        t.seq_len,
+        mode=config.data.batching,
+        seed=config.seed,
+        shard_index=shard_index,
+        num_shards=num_shards,
     )
     model = build_model(config, tokenizer.vocab_size)
     optimizer = optim.make_optimizer(config.optim, batcher.steps_per_epoch)
     schedule = optim.make_schedule(config.optim, batcher.steps_per_epoch)
-    state = init_state(config, model, optimizer, t.batch_size)
+    make_state = lambda: init_state(config, model, optimizer, t.batch_size)
+    shardings = state_sharding(mesh, jax.eval_shape(make_state), par.shard_optimizer_state)
+    state = jax.jit(make_state, out_shardings=shardings)()  # built in place on the mesh
 
+    parallel.barrier("lstm_jax.train: workdir read")  # before process 0 rewrites config.json
     if jax.process_index() == 0:
         workdir_path.mkdir(parents=True, exist_ok=True)
         saved_config.write_text(json.dumps(cfg_dict, indent=2) + "\n")
         tokenizer.save(workdir_path / "tokenizer.json")
 
-    if meta is not None:
+    if meta is not None:  # into this run's shardings, whatever mesh wrote the checkpoint
         state = ckpt.restore_state(latest, state)
         batcher.restore(meta["data_state"])
     start = int(state.step)
@@ -320,17 +410,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"{config.model.hidden_size} {config.model.cell}, {n_params:,} parameters; "
         f"{batcher.steps_per_epoch} steps/epoch" + (f"; resuming at step {start}" if start else "")
     )
+    if mesh.devices.size > 1:
+        progress.write(parallel.describe(mesh, t.batch_size))
 
     train_step = make_train_step(
         model,
         optimizer,
         lambda step, s: optim.current_learning_rate(config.optim, schedule, step, s),
+        mesh,
+        shardings,
     )
-    eval_step = make_eval_step(model)
+    eval_step = make_eval_step(model, mesh)
 
     def run_eval() -> float:
         return evaluate(
-            eval_step, model, state.params, val_ids, t.batch_size, t.seq_len, t.max_eval_batches
+            eval_step,
+            model,
+            state.params,
+            val_ids,
+            t.batch_size,
+            t.seq_len,
+            t.max_eval_batches,
+            mesh,
         )
 
     def save(step: int, val_loss: float | None) -> None:
@@ -351,7 +452,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         with _StopSignal() as stop:
             for step in range(start + 1, t.num_steps + 1):
-                batch = batcher.next_batch()
+                batch = parallel.to_global(batcher.next_batch(), mesh, t.batch_size)
                 state, metrics = train_step(state, batch)
                 loss = float(metrics["train_loss"])
                 if not math.isfinite(loss):
@@ -387,7 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     or (step == t.num_steps)
                 ):
                     save(step, val_loss if is_eval else None)
-                if stop.signum is not None:
+                if stop.agreed(step, every=t.log_every):
                     if ckpt.latest_step() != step:
                         save(step, None)
                     progress.write(
@@ -410,16 +511,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config.")
+# Multi-process runs (lstm_jax/parallel.py). Under SLURM's srun or on a Cloud TPU
+# VM, JAX finds the other processes itself and none of these is needed.
+flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    list(parallel.DISTRIBUTED_MODES),
+    "auto: join a multi-process run when the flags below are given or JAX detects a "
+    "cluster (SLURM, Open MPI, TPU VM); on: always call jax.distributed.initialize; off: never.",
+)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1.")
 
 
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    parallel.initialize(  # before any JAX computation
+        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
     config = FLAGS.config
     config_file = config_flags.get_config_filename(FLAGS["config"])
     workdir = FLAGS.workdir or f"workdirs/{pathlib.Path(config_file.split(':')[0]).stem}"
     summary = train_and_evaluate(config, workdir)
-    print(json.dumps(summary, indent=2))
+    if jax.process_index() == 0:
+        print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

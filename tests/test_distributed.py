@@ -1,0 +1,261 @@
+"""Data parallelism, for real: 8 host devices in one process, and two processes
+on JAX's multi-process runtime (gloo collectives over loopback), each checked
+against one device with the same global batch.
+
+A device count must be fixed before JAX starts, so those runs are
+subprocesses; the one-device reference runs in the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from lstm_jax import checkpoint, optim, parallel, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS, HALF = 16, 8
+# dnd:smoke (word LSTM 2x32, dropout 0.2, RMSProp, global batch 8), evaluated
+# and checkpointed at HALF and STEPS, every step logged.
+OVERRIDES = {
+    "train.num_steps": STEPS,
+    "train.eval_every": HALF,
+    "train.checkpoint_every": HALF,
+    "train.log_every": 1,
+    "train.keep_checkpoints": 3,
+}
+# Summation order differs between 1 device and an all-reduce; nothing else.
+LOSS_TOL = dict(rtol=2e-6, atol=0)
+STATE_TOL = dict(rtol=2e-5, atol=2e-7)
+
+
+def smoke_config(**overrides) -> ml_collections.ConfigDict:
+    namespace: dict = {}
+    exec(compile((ROOT / "configs" / "dnd.py").read_text(), "dnd.py", "exec"), namespace)
+    c = namespace["get_config"]("smoke")
+    for key, value in {**OVERRIDES, **overrides}.items():
+        section, field = key.split(".")
+        c[section][field] = value
+    return c
+
+
+def cli_overrides(**overrides) -> list[str]:
+    return [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
+    env.pop("XLA_FLAGS", None)
+    env.update(extra)
+    return env
+
+
+def metrics(workdir: pathlib.Path) -> dict[int, dict]:
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows]
+    assert len(steps) == len(set(steps)), f"a step logged twice (not only process 0?): {steps}"
+    return {r["step"]: r for r in rows}
+
+
+def restore(workdir: pathlib.Path, step: int) -> train.TrainState:
+    """A checkpoint, whatever mesh wrote it, restored onto this process's one device."""
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", read_only=True)
+    config = ml_collections.ConfigDict(ckpt.restore_meta(step)["config"])
+    data = train.load_data(config)
+    model = train.build_model(config, data.tokenizer.vocab_size)
+    target = train.init_state(
+        config, model, optim.make_optimizer(config.optim, 10), config.train.batch_size
+    )
+    state = ckpt.restore_state(step, target)
+    ckpt.close()
+    return state
+
+
+def assert_same_run(got: pathlib.Path, want: pathlib.Path, steps: range) -> None:
+    """Same losses every step, same validation loss, same state at the last step."""
+    g, w = metrics(got), metrics(want)
+    np.testing.assert_allclose(
+        [g[s]["train_loss"] for s in steps], [w[s]["train_loss"] for s in steps], **LOSS_TOL
+    )
+    for s in steps:
+        if "val_loss" in w[s]:
+            np.testing.assert_allclose(g[s]["val_loss"], w[s]["val_loss"], **LOSS_TOL)
+    a, b = restore(got, steps[-1]), restore(want, steps[-1])
+    assert int(a.step) == int(b.step) == steps[-1]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **STATE_TOL)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> pathlib.Path:
+    """STEPS steps on the one CPU device of the test process."""
+    assert jax.device_count() == 1, "run pytest without a forced XLA_FLAGS device count"
+    wd = tmp_path_factory.mktemp("reference") / "wd"
+    train.train_and_evaluate(smoke_config(), str(wd))
+    return wd
+
+
+# ---------------------------------------------------------------------------
+# One process, 8 devices.
+
+EIGHT_DEVICES = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    sys.path.insert(0, "tests")
+    from test_distributed import smoke_config
+    from lstm_jax import optim, parallel, train
+
+    out = {"devices": jax.device_count()}
+    # global batch 8 given directly, optimizer state replicated
+    train.train_and_evaluate(smoke_config(), sys.argv[1] + "/replicated")
+    # the same global batch given per device (1 x 8), optimizer state sharded
+    c = smoke_config(**{"train.batch_size": 999, "parallel.per_device_batch_size": 1,
+                        "parallel.shard_optimizer_state": True})
+    train.train_and_evaluate(c, sys.argv[1] + "/sharded")
+    # which optimizer-state leaves the sharded run split
+    mesh = parallel.data_mesh()
+    c.train.batch_size = 8
+    data = train.load_data(c)
+    model = train.build_model(c, data.tokenizer.vocab_size)
+    opt = optim.make_optimizer(c.optim, 10)
+    abstract = jax.eval_shape(lambda: train.init_state(c, model, opt, 8))
+    shardings = train.state_sharding(mesh, abstract, True)
+    out["opt_specs"] = [list(s.spec) for s in jax.tree.leaves(shardings.opt_state)]
+    out["carry_specs"] = [list(s.spec) for s in jax.tree.leaves(shardings.carry)]
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+def test_eight_devices_equal_one_device(reference, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path)],
+        cwd=ROOT,
+        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert result["devices"] == 8
+    assert all(s == ["data"] for s in result["carry_specs"])  # carry split by rows
+    assert [None, "data"] in result["opt_specs"]  # moments split (kernels on columns) ...
+    assert [] in result["opt_specs"]  # ... but not the step counts
+
+    assert_same_run(tmp_path / "replicated", reference, range(1, STEPS + 1))
+    assert_same_run(tmp_path / "sharded", reference, range(1, STEPS + 1))
+    saved = json.loads((tmp_path / "sharded" / "config.json").read_text())
+    assert saved["train"]["batch_size"] == 8  # 1 per device x 8 devices, recorded
+
+
+# ---------------------------------------------------------------------------
+# Two processes (2 CPU devices each) on the real jax.distributed runtime.
+
+
+def run_local(num_processes: int, command: list[str], timeout: float, **kw) -> tuple[int, str]:
+    cmd = [
+        sys.executable,
+        "launch/local.py",
+        "-n",
+        str(num_processes),
+        "--timeout",
+        str(timeout),
+        *kw.pop("launcher_args", []),
+        "--",
+        *command,
+    ]
+    out = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout + 60,
+    )
+    return out.returncode, out.stdout
+
+
+def test_two_processes_equal_one_and_resume_on_one(reference, tmp_path):
+    wd = tmp_path / "wd"
+    command = [
+        sys.executable,
+        "-m",
+        "lstm_jax.train",
+        "--config",
+        "configs/dnd.py:smoke",
+        "--workdir",
+        str(wd),
+        *cli_overrides(**{"train.num_steps": HALF}),
+    ]
+    code, out = run_local(2, command, 240, launcher_args=["--cpu_devices_per_process", "2"])
+    assert code == 0, out[-4000:]
+    assert "2 process(es) x 2 cpu device(s) = 4" in out
+    # only process 0 reports (process 1's lines carry the "[1] " prefix)
+    assert f"step {HALF}: train" in out and "[1] step" not in out
+    assert out.count('"final_step"') == 1
+    assert_same_run(wd, reference, range(1, HALF + 1))
+
+    # the 4-device checkpoint resumes on this process's single device
+    summary = train.train_and_evaluate(smoke_config(), str(wd))
+    assert summary["final_step"] == STEPS
+    assert_same_run(wd, reference, range(1, STEPS + 1))
+
+
+def test_launcher_stops_everyone_when_one_process_fails():
+    code = "import sys, time; sys.exit(3) if '--process_id=1' in sys.argv else time.sleep(120)"
+    start = time.monotonic()
+    status, out = run_local(2, [sys.executable, "-c", code], 100)
+    assert status == 3, out
+    assert "process 1 exited with 3" in out
+    assert time.monotonic() - start < 60
+
+
+# ---------------------------------------------------------------------------
+# The pieces, on the test process's single device.
+
+
+def test_global_batch_size():
+    assert parallel.global_batch_size(32, 0, 8) == 32
+    assert parallel.global_batch_size(999, 4, 8) == 32  # per-device wins
+    with pytest.raises(ValueError, match=r"batch_size 30 .* 8 devices.*multiple of 8"):
+        parallel.global_batch_size(30, 0, 8)
+    with pytest.raises(ValueError, match="per_device_batch_size must be >= 0"):
+        parallel.global_batch_size(32, -1, 8)
+
+
+def test_shard_dim_picks_the_largest_divisible_dimension():
+    assert parallel.shard_dim((1914, 32), 8) == 1  # 1914 is not a multiple of 8
+    assert parallel.shard_dim((256, 512), 8) == 1
+    assert parallel.shard_dim((), 8) is None  # a step count: replicated
+    assert parallel.shard_dim((6,), 8) is None
+    assert parallel.shard_dim((512,), 1) is None  # one device: nothing to split
+
+
+def test_single_process_layout():
+    mesh = parallel.data_mesh()
+    assert mesh.axis_names == ("data",)
+    assert parallel.process_rows(mesh) == (0, 1)
+    batch = {"x": np.zeros((4, 3))}
+    assert parallel.to_global(batch, mesh, 4) is batch  # jit's in_shardings does the rest
+    assert parallel.any_process(True) and not parallel.any_process(False)
+
+
+def test_initialize_arguments():
+    assert parallel.initialize("off") is False
+    with pytest.raises(ValueError, match="go together"):
+        parallel.initialize("auto", coordinator_address="127.0.0.1:1234")
+    with pytest.raises(ValueError, match="unknown --distributed mode"):
+        parallel.initialize("maybe")
