@@ -47,6 +47,7 @@ from ml_collections import config_flags
 
 from lstm_jax import config as config_lib
 from lstm_jax import optim, parallel
+from lstm_jax import sample as sampling
 from lstm_jax.checkpoint import Checkpointer, CheckpointError
 from lstm_jax.data import batching, corpora, tokenizers
 from lstm_jax.metrics import MetricWriter, Progress, per_token_report, unigram_loss
@@ -380,6 +381,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         num_shards=num_shards,
     )
     model = build_model(config, tokenizer.vocab_size)
+    # A short sample at each evaluation, as min-char-rnn prints one. Built here so
+    # a prime the vocabulary cannot encode fails before any compute.
+    sampler = None
+    if t.sample_length:
+        sampler = sampling.make_sampler(
+            model,
+            tokenizer,
+            prime=t.sample_prime,
+            length=t.sample_length,
+            stop_at_record_end=tokenizer.record_separator_id is not None,
+        )
     optimizer = optim.make_optimizer(config.optim, batcher.steps_per_epoch)
     schedule = optim.make_schedule(config.optim, batcher.steps_per_epoch)
     make_state = lambda: init_state(config, model, optimizer, t.batch_size)
@@ -480,6 +492,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                             f"{k} {v:.3f}" for k, v in per_token_report(val_loss, kind).items()
                         )
                     )
+                if is_eval and sampler is not None and jax.process_index() == 0:
+                    # process 0 alone, on its local replica: no collective to wait on
+                    local_params = jax.tree.map(lambda x: x.addressable_data(0), state.params)
+                    key = jax.random.fold_in(jax.random.key(config.seed), step)
+                    text = sampler(local_params, key).samples[0].text
+                    progress.write(f"sample at step {step}: {text!r}")
+                    writer.text(step, "sample", text)
                 if row is not None:
                     writer.write(step, row)
                 if (

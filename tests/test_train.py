@@ -59,7 +59,7 @@ def final_params(workdir: pathlib.Path):
         ("short_story:smoke", "story"),
     ],
 )
-def test_smoke_configs_train_end_to_end(name, path_fixture, request, tmp_path):
+def test_smoke_configs_train_end_to_end(name, path_fixture, request, tmp_path, capsys):
     c = load_config(name)
     if path_fixture:
         c.data.path = str(request.getfixturevalue(path_fixture))
@@ -73,6 +73,8 @@ def test_smoke_configs_train_end_to_end(name, path_fixture, request, tmp_path):
     assert all("train_loss" in r for r in rows)
     evals = [r["step"] for r in rows if "val_loss" in r]
     assert evals == list(range(c.train.eval_every, c.train.num_steps + 1, c.train.eval_every))
+    if c.train.sample_length:  # a sample is printed at each evaluation
+        assert capsys.readouterr().out.count("sample at step") == len(evals)
     saved = json.loads((tmp_path / "wd" / "config.json").read_text())
     assert saved["model"] == c.model.to_dict()
 
@@ -178,6 +180,14 @@ def test_bad_config_values(overrides, error, message, tmp_path):
     with pytest.raises(error, match=message):
         train.train_and_evaluate(c, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()  # refused before anything was written
+
+
+def test_unencodable_sample_prime_fails_before_training(tmp_path):
+    c = smoke("dnd:char,smoke")
+    c.train.sample_prime = "spell \u2603"
+    with pytest.raises(ValueError, match="\u2603"):
+        train.train_and_evaluate(c, str(tmp_path / "wd"))
+    assert not train.has_checkpoint(tmp_path / "wd")  # nothing trained, nothing saved
 
 
 def test_unknown_config_key_fails_on_the_command_line(tmp_path):
