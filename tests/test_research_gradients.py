@@ -198,6 +198,7 @@ def test_clipping_smoke_bounds_updates(tmp_path):
     assert none["update_norm_max"] == pytest.approx(lr * none["grad_norm_max"], rel=1e-5)
     assert none["grad_norm_max"] > t.clip_norm  # the threshold binds in this setting
     assert all(math.isfinite(r["val_loss"]) for r in res["runs"])
+    assert len(res["summary"]) == 3 and res["summary"][0]["seeds"] == cfg.num_seeds
     curves = common.read_csv(tmp_path / "curves.csv")
     assert len(curves) == 3 * t.num_steps
     assert (tmp_path / "clipping.png").stat().st_size > 0

@@ -17,6 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_seeds = 3  # independent inits (and trainings) averaged per cell
     # cells compared; names in lstm_jax.research.gradient_flow.VARIANTS
     c.variants = ("rnn_tanh", "rnn_relu", "irnn", "gru", "lstm_fb0", "lstm_fb1")
+    c.plot_ylim = (1e-40, 1e20)  # y-range of the figure; the CSV holds the full curves
     c.fit_floor = 1e-290  # decay slope is fitted where the relative norm > this (float64 floor)
 
     c.model = ml_collections.ConfigDict()
