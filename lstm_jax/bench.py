@@ -19,10 +19,10 @@ other, never concurrently, so they do not fight for the cores):
   interpreter named by LSTM_JAX_TORCH_PYTHON with `torch.set_num_threads`
   = --threads (the column is skipped, and the table says so, when unset).
 - compile: seconds of `jit(...).lower(...).compile()` (torch: the first step).
-- peak MiB: XLA's `memory_analysis().peak_memory_in_bytes` of the compiled
-  step (live buffers the program allocates; the donated params/optimizer
-  state it receives are not counted); torch: growth of the process's peak RSS
-  over the timed loop (params are created before, Adam state inside).
+- peak MiB: from XLA's `memory_analysis()` of the compiled step: arguments +
+  outputs - donated (aliased) + temporaries, i.e. params, optimizer state and
+  every activation buffer; torch: growth of the process's peak RSS over the
+  training loop (params are created before it, Adam state inside it).
 - roofline: train FLOPs per token (3x the forward matmul FLOPs: the LSTM's
   input and recurrent matmuls and the readout) x tokens/s, as a fraction of
   the best fp32 2048^3 matmul rate measured in this run.
@@ -115,6 +115,7 @@ class Row:
     impl: str
     shape: Shape
     times: list[float] = dataclasses.field(default_factory=list)  # seconds per step
+    cpu: list[float] = dataclasses.field(default_factory=list)  # CPU seconds per step
     compile_s: float = float("nan")
     peak_mib: float = float("nan")
     note: str = ""
@@ -122,6 +123,13 @@ class Row:
     @property
     def tokens_per_s(self) -> float:
         return self.shape.batch * self.shape.seq / float(np.median(self.times))
+
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        """Tokens per CPU-second (all threads): robust to other processes'
+        load, which stretches wall time but not the work done."""
+        total = sum(self.cpu)
+        return self.shape.batch * self.shape.seq * len(self.cpu) / total if total else float("nan")
 
     @property
     def spread(self) -> float:
@@ -135,6 +143,7 @@ class Row:
             "config": self.config,
             "impl": self.impl,
             "tokens_per_s": round(self.tokens_per_s, 1),
+            "tokens_per_cpu_s": round(self.tokens_per_cpu_s, 1),
             **dataclasses.asdict(s),
             "median_step_s": float(np.median(self.times)),
             "iqr_rel": round(self.spread, 4),
@@ -168,17 +177,40 @@ def matmul_gflops(n: int = 2048, reps: int = 8) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system, all threads) used by this process so far."""
+    t = os.times()
+    return t.user + t.system
+
+
 def _peak_mib(compiled: Any) -> float:
+    """Arguments + outputs (less the donated, aliased part) + XLA's scratch.
+
+    XLA's CPU `peak_memory_in_bytes` reports only the argument size, so the sum
+    of the buffer sizes is used: an upper bound on what is live at once."""
     try:
-        return compiled.memory_analysis().peak_memory_in_bytes / MiB
+        m = compiled.memory_analysis()
+        total = (
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            - m.alias_size_in_bytes
+            + m.temp_size_in_bytes
+        )
     except (AttributeError, TypeError):  # a backend without the analysis
         return float("nan")
+    return total / MiB
 
 
 class JaxTrainer:
     """A compiled, donated train step and its state, timed a few steps at a time."""
 
-    def __init__(self, loss_fn: Callable, params: Any, tokens: jax.Array):
+    def __init__(
+        self,
+        loss_fn: Callable,
+        params: Any,
+        tokens: jax.Array,
+        compiler_options: dict[str, Any] | None = None,
+    ):
         opt = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(2e-3))
         targets = jnp.roll(tokens, -1, axis=1)
 
@@ -190,22 +222,26 @@ class JaxTrainer:
         opt_state = opt.init(params)
         t0 = time.perf_counter()
         self.compiled = (
-            jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, tokens, targets).compile()
+            jax.jit(step, donate_argnums=(0, 1))
+            .lower(params, opt_state, tokens, targets)
+            .compile(compiler_options=compiler_options or None)
         )
         self.compile_s = time.perf_counter() - t0
         self.peak_mib = _peak_mib(self.compiled)
         self.state = (params, opt_state)
         self.batch = (tokens, targets)
 
-    def run(self, steps: int) -> list[float]:
-        times = []
+    def run(self, steps: int) -> tuple[list[float], list[float]]:
+        """Wall and CPU seconds of `steps` train steps."""
+        times, cpu = [], []
         for _ in range(steps):
-            t0 = time.perf_counter()
+            c0, t0 = cpu_seconds(), time.perf_counter()
             params, opt_state, loss = self.compiled(*self.state, *self.batch)
             loss.block_until_ready()
             times.append(time.perf_counter() - t0)
+            cpu.append(cpu_seconds() - c0)
             self.state = (params, opt_state)
-        return times
+        return times, cpu
 
 
 def _xent(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -216,7 +252,9 @@ def _tokens(shape: Shape) -> jax.Array:
     return jax.random.randint(jax.random.key(1), (shape.batch, shape.seq), 0, shape.vocab)
 
 
-def ours_trainer(shape: Shape, impl: str) -> JaxTrainer:
+def ours_trainer(
+    shape: Shape, impl: str, compiler_options: dict[str, Any] | None = None
+) -> JaxTrainer:
     model = LanguageModel(
         LMConfig(
             vocab_size=shape.vocab,
@@ -232,10 +270,12 @@ def ours_trainer(shape: Shape, impl: str) -> JaxTrainer:
         logits, _ = model.apply(params, tokens, carry)
         return _xent(logits, targets)
 
-    return JaxTrainer(loss_fn, model.init(jax.random.key(0)), _tokens(shape))
+    return JaxTrainer(loss_fn, model.init(jax.random.key(0)), _tokens(shape), compiler_options)
 
 
-def flax_trainer(shape: Shape, optimized: bool) -> JaxTrainer:
+def flax_trainer(
+    shape: Shape, optimized: bool, compiler_options: dict[str, Any] | None = None
+) -> JaxTrainer:
     from flax import linen as nn  # a peer, imported only when measured
 
     cell_cls = nn.OptimizedLSTMCell if optimized else nn.LSTMCell
@@ -255,7 +295,7 @@ def flax_trainer(shape: Shape, optimized: bool) -> JaxTrainer:
     def loss_fn(params, tokens, targets):
         return _xent(net.apply(params, tokens), targets)
 
-    return JaxTrainer(loss_fn, params, tokens)
+    return JaxTrainer(loss_fn, params, tokens, compiler_options)
 
 
 def torch_python() -> str | None:
@@ -294,23 +334,33 @@ def bench_train(
         trainers[key] = trainer = make()
         trainer.run(args.warmup)
         rows[key] = Row(name, key, shape, compile_s=trainer.compile_s, peak_mib=trainer.peak_mib)
-    use_torch = "torch" in peers and torch_python()
-    if use_torch:
-        rows["torch"] = Row(name, "torch", shape)
+    torch_threads = args.threads if ("torch" in peers and torch_python()) else []
+    for th in torch_threads:
+        key = torch_impl(th, args.threads)
+        rows[key] = Row(name, key, shape, peak_mib=0.0)
     for _ in range(args.rounds):  # cycle, so that load spikes hit every row
         for key, trainer in trainers.items():
             trainer.run(1)  # re-warm caches after the previous row
-            rows[key].times += trainer.run(args.steps)
-        if use_torch:
-            job = {"kind": "train", **dataclasses.asdict(shape), "threads": args.threads}
+            times, cpu = trainer.run(args.steps)
+            rows[key].times += times
+            rows[key].cpu += cpu
+        for th in torch_threads:
+            job = {"kind": "train", **dataclasses.asdict(shape), "threads": th}
             res = run_torch({**job, "warmup": args.warmup, "steps": args.steps})
-            r = rows["torch"]
+            r = rows[torch_impl(th, args.threads)]
             r.times += res["times"]
+            r.cpu += res["cpu"]
             r.compile_s = res["first_step_s"]
-            r.peak_mib = max(res["peak_mib"], 0.0 if np.isnan(r.peak_mib) else r.peak_mib)
-            r.note = f"torch {res['torch_version']}, {args.threads} threads"
+            r.peak_mib = max(r.peak_mib, res["peak_mib"])
+            r.note = f"{th} threads"
     del trainers
     return list(rows.values())
+
+
+def torch_impl(threads: int, all_threads: list[int]) -> str:
+    """Row name of the torch peer: "torch" for the first --threads value (2 by
+    default, as specified), "torch_<n>t" for any other thread count."""
+    return "torch" if threads == all_threads[0] else f"torch_{threads}t"
 
 
 def _our_sampler(shape: Shape) -> Callable[[jax.Array], Any]:
@@ -345,19 +395,23 @@ def bench_sample(peers: list[str], args: argparse.Namespace) -> list[Row]:
         run(jax.random.key(0)).block_until_ready()
         ours = Row("sample", "generate", shape, compile_s=time.perf_counter() - t0)
         ours.note = "lstm_jax.sample.generate (one compiled loop)"
-        torch_row = Row("sample", "torch", shape, note="step-by-step Python loop")
+        torch_threads = args.threads if ("torch" in peers and torch_python()) else []
+        torch_rows = {
+            th: Row("sample", torch_impl(th, args.threads), shape, note=f"{th} threads")
+            for th in torch_threads
+        }
         for r in range(args.rounds):
             for i in range(max(3, args.steps // 3)):
-                t0 = time.perf_counter()
+                c0, t0 = cpu_seconds(), time.perf_counter()
                 run(jax.random.key(1 + r * 100 + i)).block_until_ready()
                 ours.times.append(time.perf_counter() - t0)
-            if "torch" in peers and torch_python():
-                job = {"kind": "sample", **dataclasses.asdict(shape), "threads": args.threads}
+                ours.cpu.append(cpu_seconds() - c0)
+            for th, row in torch_rows.items():
+                job = {"kind": "sample", **dataclasses.asdict(shape), "threads": th}
                 res = run_torch({**job, "steps": max(3, args.steps // 3)})
-                torch_row.times += res["times"]
-        rows.append(ours)
-        if torch_row.times:
-            rows.append(torch_row)
+                row.times += res["times"]
+                row.cpu += res["cpu"]
+        rows += [ours, *torch_rows.values()]
     return rows
 
 
@@ -370,7 +424,7 @@ def bench_long_seq(args: argparse.Namespace) -> list[Row]:
             row = Row("long_seq", impl, shape, compile_s=trainer.compile_s)
             row.peak_mib = trainer.peak_mib
             trainer.run(1)
-            row.times = trainer.run(args.long_steps)
+            row.times, row.cpu = trainer.run(args.long_steps)
             rows.append(row)
             del trainer
     return rows
@@ -380,14 +434,30 @@ def bench_long_seq(args: argparse.Namespace) -> list[Row]:
 # Reporting
 
 
+def is_peer(impl: str) -> bool:
+    return impl in PEERS or impl.startswith("torch_")
+
+
 def ratios(row: Row, rows: list[Row]) -> dict[str, float]:
-    """This row's tokens/s over each peer's, measured in the same run."""
+    """This row's tokens/s over each peer's, measured in the same run;
+    "vs_torch_best" is over the fastest torch row (any thread count)."""
     out = {}
+    best_torch = 0.0
     for other in rows:
         same = other.config == row.config and other.shape == row.shape
-        if same and other.impl in PEERS and other.impl != row.impl:
+        if same and is_peer(other.impl) and other.impl != row.impl:
             out[f"vs_{other.impl}"] = row.tokens_per_s / other.tokens_per_s
+            if other.impl.startswith("torch"):
+                best_torch = max(best_torch, other.tokens_per_s)
+    if best_torch and not row.impl.startswith("torch"):
+        out["vs_torch_best"] = row.tokens_per_s / best_torch
     return out
+
+
+def label(r: Row) -> str:
+    if r.impl.startswith("torch"):
+        return f"PyTorch nn.LSTM ({r.note})" if r.config != "sample" else f"PyTorch ({r.note})"
+    return LABELS.get(r.impl, r.impl)
 
 
 def _fmt_ratio(r: float | None) -> str:
@@ -405,20 +475,20 @@ def markdown(rows: list[Row], gflops: float, notes: list[str]) -> str:
         )
         out.append(
             "| config (V, E, H, L, B, T) | implementation | tokens/s | IQR | "
-            "vs PyTorch | vs flax LSTMCell | vs flax Optimized | roofline | "
-            "compile s | peak MiB |"
+            "vs PyTorch (best row) | vs flax LSTMCell | vs flax Optimized | roofline | "
+            "tokens/CPU-s | compile s | peak MiB |"
         )
-        out.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+        out.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         for r in train:
             s, q = r.shape, ratios(r, rows)
             frac = r.tokens_per_s * s.train_flops_per_token / (gflops * 1e9)
             out.append(
                 f"| {r.config} ({s.vocab}, {s.embed}, {s.hidden}, {s.layers}, {s.batch}, "
-                f"{s.seq}) | {LABELS.get(r.impl, r.impl)} | {r.tokens_per_s:,.0f} | "
-                f"{100 * r.spread:.0f}% | {_fmt_ratio(q.get('vs_torch'))} | "
+                f"{s.seq}) | {label(r)} | {r.tokens_per_s:,.0f} | "
+                f"{100 * r.spread:.0f}% | {_fmt_ratio(q.get('vs_torch_best'))} | "
                 f"{_fmt_ratio(q.get('vs_flax_lstm'))} | "
                 f"{_fmt_ratio(q.get('vs_flax_optimized'))} | {100 * frac:.0f}% | "
-                f"{r.compile_s:.1f} | {r.peak_mib:,.0f} |"
+                f"{r.tokens_per_cpu_s:,.0f} | {r.compile_s:.1f} | {r.peak_mib:,.0f} |"
             )
     sample = [r for r in rows if r.config == "sample"]
     if sample:
@@ -426,14 +496,17 @@ def markdown(rows: list[Row], gflops: float, notes: list[str]) -> str:
             "\nSampling (char-rnn model, V=65, E=64, 2x128), characters/s, "
             f"{SAMPLE_SHAPE.seq} tokens per stream:\n"
         )
-        out.append("| streams | implementation | chars/s | IQR | vs PyTorch |")
-        out.append("|--:|---|--:|--:|--:|")
+        out.append(
+            "| streams | implementation | chars/s | IQR | vs PyTorch (best row) | chars/CPU-s |"
+        )
+        out.append("|--:|---|--:|--:|--:|--:|")
         for r in sample:
-            label = "ours: sample.generate" if r.impl != "torch" else "PyTorch step loop"
+            name = "ours: sample.generate" if r.impl == "generate" else label(r) + " step loop"
             q = ratios(r, rows)
             out.append(
-                f"| {r.shape.batch} | {label} | {r.tokens_per_s:,.0f} | "
-                f"{100 * r.spread:.0f}% | {_fmt_ratio(q.get('vs_torch'))} |"
+                f"| {r.shape.batch} | {name} | {r.tokens_per_s:,.0f} | "
+                f"{100 * r.spread:.0f}% | {_fmt_ratio(q.get('vs_torch_best'))} | "
+                f"{r.tokens_per_cpu_s:,.0f} |"
             )
     longs = [r for r in rows if r.config == "long_seq"]
     if longs:
@@ -445,7 +518,7 @@ def markdown(rows: list[Row], gflops: float, notes: list[str]) -> str:
         for r in longs:
             base = next(o for o in longs if o.shape == r.shape and o.impl == "scan")
             out.append(
-                f"| {r.shape.seq:,} | {LABELS.get(r.impl, r.impl)} | {r.peak_mib:,.0f} | "
+                f"| {r.shape.seq:,} | {label(r)} | {r.peak_mib:,.0f} | "
                 f"{r.peak_mib / base.peak_mib:.2f} | {r.tokens_per_s:,.0f} | "
                 f"{r.compile_s:.1f} |"
             )
@@ -475,7 +548,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds cycling through the rows")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     p.add_argument("--long_steps", type=int, default=3, help="timed steps per long_seq row")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument(
+        "--threads",
+        default="2",
+        help="torch.set_num_threads, comma-separated for several torch rows (e.g. 2,1)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per row, no table")
     args = p.parse_args(argv)
     for field, valid in (("configs", ALL_CONFIGS), ("peers", PEERS)):
@@ -486,6 +563,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         setattr(args, field, chosen)
     from lstm_jax import recurrent  # the registry of layer implementations
 
+    args.threads = [int(t) for t in args.threads.split(",") if t]
     args.impls = [i for i in args.impls.split(",") if i]
     bad = sorted(set(args.impls) - set(recurrent.LAYER_IMPLS))
     if bad:

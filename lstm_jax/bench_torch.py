@@ -17,6 +17,7 @@ kind "sample": the usual step-by-step generation loop (one token per call,
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -25,9 +26,44 @@ import torch
 from torch import nn
 
 
-def _rss_mib() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+def _status_mib(key: str) -> float:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB; Linux only."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peak_rss() -> float:
+    """Reset the peak RSS (VmHWM) to the current RSS and return the latter, so
+    that a later VmHWM measures only what the training loop added."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_mib("VmRSS")
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system, all threads) used by this process so far."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _timed(fn, n: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of n calls of fn."""
+    wall, cpu = [], []
+    for _ in range(n):
+        c0, t0 = _cpu_s(), time.perf_counter()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(_cpu_s() - c0)
+    return wall, cpu
 
 
 class LM(nn.Module):
@@ -50,7 +86,7 @@ def train(job: dict) -> dict:
     x = torch.randint(0, v, (b, t), generator=gen)
     y = torch.roll(x, -1, dims=1)
     loss_fn = nn.CrossEntropyLoss()
-    rss0 = _rss_mib()
+    rss0 = _reset_peak_rss()
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -59,19 +95,16 @@ def train(job: dict) -> dict:
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        return float(loss)  # syncs, like block_until_ready on the JAX side
+        return loss.item()  # syncs, like block_until_ready on the JAX side
 
     t0 = time.perf_counter()
     step()
     first = time.perf_counter() - t0
     for _ in range(job["warmup"] - 1):
         step()
-    times = []
-    for _ in range(job["steps"]):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"times": times, "first_step_s": first, "peak_mib": _rss_mib() - rss0}
+    times, cpu = _timed(step, job["steps"])
+    peak = _status_mib("VmHWM") - rss0
+    return {"times": times, "cpu": cpu, "first_step_s": first, "peak_mib": peak}
 
 
 @torch.no_grad()
@@ -89,12 +122,8 @@ def sample(job: dict) -> dict:
             token = torch.multinomial(probs, 1, generator=gen)
 
     run(min(n, 20))  # warm-up
-    times = []
-    for _ in range(job["steps"]):
-        t0 = time.perf_counter()
-        run(n)
-        times.append(time.perf_counter() - t0)
-    return {"times": times, "first_step_s": 0.0, "peak_mib": 0.0}
+    times, cpu = _timed(lambda: run(n), job["steps"])
+    return {"times": times, "cpu": cpu, "first_step_s": 0.0, "peak_mib": 0.0}
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.cells import GRU, LSTM, Cell, LSTMCarry, Params, SimpleRNN
+from lstm_jax.cells import GRU, LSTM, LSTM_GATES, Cell, LSTMCarry, Params, SimpleRNN
 
 Array = jax.Array
 Carry = Any  # Array (GRU, RNN) or LSTMCarry(h, c)
@@ -75,6 +75,27 @@ def _mask(x: Array, reset_t: Array | None) -> Array:
     if reset_t is None:
         return x
     return jnp.where(reset_t[:, None], jnp.zeros_like(x), x)
+
+
+def _index(buf: Array, t: Array) -> Array:
+    """buf[t] for a traced t: [T, ...] -> [...]."""
+    return jax.lax.dynamic_index_in_dim(buf, t, axis=0, keepdims=False)
+
+
+def _read(buf: Array, t: Array) -> Array:
+    """buf[t] materialised before anything else in the step runs.
+
+    A buffer that is read and then overwritten at the same index (`_store`)
+    can only be updated in place if every read happens before the write;
+    without the barrier XLA fuses the slice into several consumers, some
+    scheduled after the write, and then copies the whole [T, ...] buffer
+    on every step to keep the old values."""
+    return jax.lax.optimization_barrier(_index(buf, t))
+
+
+def _store(buf: Array, x: Array, t: Array) -> Array:
+    """buf.at[t].set(x), in place when buf is a loop-carried buffer."""
+    return jax.lax.dynamic_update_index_in_dim(buf, x.astype(buf.dtype), t, axis=0)
 
 
 def _prev(first: Array, seq: Array, reset: Array | None) -> Array:
@@ -102,70 +123,95 @@ def _cell_kind(cell: Cell) -> str | None:
 # `rec` holds the recurrent parameters: {"w_h"} (+ {"b_hn"} for the GRU).
 
 
-def _lstm_fwd(rec, x_proj, carry, reset, unroll, cdt):
-    """x_proj [T, B, 4H] -> final (h, c), hs [T, B, H], residuals."""
-    w_h = rec["w_h"] if cdt is None else rec["w_h"].astype(cdt)
+def _gate_scale(hidden: int, dtype: Any) -> Array:
+    """s = 1 on the sigmoid gates (i, f, o), 2 on the tanh candidate (g).
 
-    def body(carry, inp):
-        h, c = carry
-        xp, r = inp
+    All four LSTM gates then take one elementwise formula,
+    act(z) = s * sigmoid(s * z) + 1 - s   (tanh(z) = 2 sigmoid(2z) - 1),
+    whose derivative is (act + s - 1) * (1 - act): a(1-a) for a sigmoid and
+    1 - g^2 for the tanh. One formula over [B, 4H] is one loop fusion per step
+    instead of four slices with four fusions (per-step op count is what
+    bounds small layers on CPU)."""
+    s = jnp.ones((4, hidden), dtype).at[LSTM_GATES.index("cell")].set(2.0)
+    return s.reshape(-1)
+
+
+def _lstm_fwd(rec, x_proj, carry, reset, unroll, cdt):
+    """x_proj [T, B, 4H] (bias not yet added) -> final (h, c), hs [T, B, H],
+    residuals (hs, cs [T, B, H], acts [T, B, 4H]).
+
+    The gate activations overwrite x_proj in place (step t reads x_proj[t],
+    then stores (i, f, g, o) at the same index): no second [T, B, 4H] buffer
+    to allocate, zero-fill and keep."""
+    w_h = rec["w_h"] if cdt is None else rec["w_h"].astype(cdt)
+    b = rec["b"]
+    hidden = w_h.shape[0]
+    s = _gate_scale(hidden, x_proj.dtype)
+
+    def body(state, r):
+        t, h, c, buf = state
         h, c = _mask(h, r), _mask(c, r)
-        z = xp + _matmul(h, w_h, cdt)  # [B, 4H]
-        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
-        i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+        z = _read(buf, t) + b + _matmul(h, w_h, cdt)  # [B, 4H]
+        a = s * jax.nn.sigmoid(s * z) + (1.0 - s)  # (i, f, g, o)
+        i, f, g, o = jnp.split(a, 4, axis=-1)
         c = f * c + i * g
         h = o * jnp.tanh(c)
-        return (h, c), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+        return (t + 1, h, c, _store(buf, a, t)), (h, c)
 
-    final, (hs, cs, acts) = jax.lax.scan(body, carry, (x_proj, reset), unroll=unroll)
-    return final, hs, (hs, cs, acts)
+    h0, c0 = carry
+    init = (jnp.int32(0), h0, c0, x_proj)
+    (_, h, c, acts), (hs, cs) = jax.lax.scan(
+        body, init, reset, length=x_proj.shape[0], unroll=unroll
+    )
+    return (h, c), hs, (hs, cs, acts)
 
 
 def _lstm_bwd(rec, carry, reset, res, d_final, d_hs, unroll, cdt):
+    """Reverse loop: dZ_t from (dh, dc), written over acts[t] in place."""
     hs, cs, acts = res  # [T, B, H], [T, B, H], [T, B, 4H]
     h0, c0 = carry
-    c_prev = _prev(c0, cs, reset)  # [T, B, H]
     w_ht = rec["w_h"].T  # [4H, H], transposed once, outside the loop
     w_ht = w_ht if cdt is None else w_ht.astype(cdt)
+    s = _gate_scale(h0.shape[-1], acts.dtype)
+    one = jnp.ones_like(h0)
 
-    def body(dcarry, inp):
-        dh, dc = dcarry
-        dh_out, a, c, cp, r = inp
-        dh = dh + dh_out
+    def body(state, inp):
+        t, dh, dc, buf = state
+        dh_out, c, r = inp
+        a = _read(buf, t)  # [B, 4H]
         i, f, g, o = jnp.split(a, 4, axis=-1)
+        cp = jnp.where(t > 0, _index(cs, jnp.maximum(t - 1, 0)), c0)  # c_{t-1}
+        cp = _mask(cp, r)
+        dh = dh + dh_out
         tc = jnp.tanh(c)
         dc = dc + dh * o * (1.0 - tc * tc)
-        dz = jnp.concatenate(
-            [
-                dc * g * i * (1.0 - i),
-                dc * cp * f * (1.0 - f),
-                dc * i * (1.0 - g * g),
-                dh * tc * o * (1.0 - o),
-            ],
-            axis=-1,
-        )  # [B, 4H]
+        # d act / d (i, f, g, o) = (dc g, dc c_prev, dc i, dh tanh c)
+        d_act = jnp.concatenate([dc, dc, dc, dh], -1) * jnp.concatenate([g, cp, i, tc], -1)
+        dz = d_act * (a + s - 1.0) * (1.0 - a)  # [B, 4H]
         dh_prev = _mask(_matmul(dz, w_ht, cdt), r)
         dc_prev = _mask(dc * f, r)
-        return (dh_prev, dc_prev), dz
+        return (t - 1, dh_prev, dc_prev, _store(buf, dz, t)), None
 
-    d0, dzs = jax.lax.scan(
-        body, d_final, (d_hs, acts, cs, c_prev, reset), reverse=True, unroll=unroll
+    del one
+    t_last = jnp.int32(acts.shape[0] - 1)
+    (_, dh0, dc0, dzs), _ = jax.lax.scan(
+        body, (t_last, *d_final, acts), (d_hs, cs, reset), reverse=True, unroll=unroll
     )
     h_prev = _prev(h0, hs, reset)  # [T, B, H]
     d_rec = {"w_h": _weight_grad(h_prev, dzs, cdt)}
-    return d_rec, dzs, d0
+    return d_rec, dzs, (dh0, dc0)
 
 
 def _gru_fwd(rec, x_proj, carry, reset, unroll, cdt):
     """x_proj [T, B, 3H] -> final (h,), hs [T, B, H], residuals."""
     w_h = rec["w_h"] if cdt is None else rec["w_h"].astype(cdt)
-    b_hn = rec["b_hn"]
+    b, b_hn = rec["b"], rec["b_hn"]
 
     def body(carry, inp):
         (h,) = carry
         xp, r = inp
         h = _mask(h, r)
-        xr, xz, xn = jnp.split(xp, 3, axis=-1)
+        xr, xz, xn = jnp.split(xp + b, 3, axis=-1)
         hr, hz, hn = jnp.split(_matmul(h, w_h, cdt), 3, axis=-1)
         rg = jax.nn.sigmoid(xr + hr)
         zg = jax.nn.sigmoid(xz + hz)
@@ -203,19 +249,20 @@ def _gru_bwd(rec, carry, reset, res, d_final, d_hs, unroll, cdt):
         body, d_final, (d_hs, acts, h_prev, reset), reverse=True, unroll=unroll
     )
     dhp_all = jnp.concatenate([dxs[..., : -dhns.shape[-1]], dhns], axis=-1)
-    d_rec = {"w_h": _weight_grad(h_prev, dhp_all, cdt), "b_hn": jnp.sum(dhns, axis=(0, 1))}
+    d_rec = {"w_h": _weight_grad(h_prev, dhp_all, cdt), "b_hn": _sum_rows(dhns)}
     return d_rec, dxs, d0
 
 
 def _rnn_fwd(activation, rec, x_proj, carry, reset, unroll, cdt):
     """x_proj [T, B, H] -> final (h,), hs [T, B, H]; hs is the only residual."""
     w_h = rec["w_h"] if cdt is None else rec["w_h"].astype(cdt)
+    b = rec["b"]
     act = jnp.tanh if activation == "tanh" else jax.nn.relu
 
     def body(carry, inp):
         (h,) = carry
         xp, r = inp
-        h = act(xp + _matmul(_mask(h, r), w_h, cdt))
+        h = act(xp + b + _matmul(_mask(h, r), w_h, cdt))
         return (h,), h
 
     final, hs = jax.lax.scan(body, carry, (x_proj, reset), unroll=unroll)
@@ -247,6 +294,15 @@ def _weight_grad(h_prev: Array, dz: Array, cdt: str | None) -> Array:
     return _matmul(h_prev.reshape(t * b, h).T, dz.reshape(t * b, -1), cdt)
 
 
+def _sum_rows(x: Array) -> Array:
+    """Sum over (T, B) as a matrix-vector product: [T, B, G] -> [G].
+
+    A bias gradient as `jnp.sum` becomes a reduce-window on XLA:CPU when the
+    dot library is not YNNPACK, ~20x slower than this GEMV."""
+    rows = x.reshape(-1, x.shape[-1])
+    return jnp.ones((rows.shape[0],), rows.dtype) @ rows
+
+
 def _loops(kind: str) -> tuple[Callable, Callable]:
     if kind == "lstm":
         return _lstm_fwd, _lstm_bwd
@@ -257,30 +313,48 @@ def _loops(kind: str) -> tuple[Callable, Callable]:
 
 
 # ---------------------------------------------------------------------------
-# The custom VJP over the recurrence (input projection excluded).
+# The custom VJP over one layer: input projection + recurrence.
+#
+# The projection sits inside (rather than being left to autodiff) so that its
+# backward is written out too: dW_x = xs^T dZ as one matmul contracting the
+# T*B axis of both operands in place (autodiff's version made XLA transpose
+# dZ [T*B, G*H] first), and the bias is added inside the loop's elementwise
+# fusion instead of in a separate pass over x_proj [T, B, G*H].
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _recurrence(kind: str, unroll: int, cdt: str | None, rec, x_proj, carry, reset):
-    """(rec params, x_proj [T, B, G*H], carry tuple, reset [T, B] | None)
+def _layer(kind: str, unroll: int, cdt: str | None, params, xs, carry, reset):
+    """(params {w_x, w_h, b[, b_hn]}, xs [T, B, D], carry tuple, reset [T, B] | None)
     -> (final carry tuple, hs [T, B, H])."""
-    final, hs, _ = _loops(kind)[0](rec, x_proj, carry, reset, unroll, cdt)
+    (final, hs), _ = _layer_fwd(kind, unroll, cdt, params, xs, carry, reset)
     return final, hs
 
 
-def _recurrence_fwd(kind, unroll, cdt, rec, x_proj, carry, reset):
+def _layer_fwd(kind, unroll, cdt, params, xs, carry, reset):
+    x_proj = _matmul(xs, params["w_x"], cdt)  # [T, B, G*H], one matmul for all steps
+    rec = {k: v for k, v in params.items() if k != "w_x"}
     final, hs, res = _loops(kind)[0](rec, x_proj, carry, reset, unroll, cdt)
-    return (final, hs), (rec, carry, reset, res)
+    return (final, hs), (params, xs, carry, reset, res)
 
 
-def _recurrence_bwd(kind, unroll, cdt, saved, cotangents):
-    rec, carry, reset, res = saved
+def _layer_bwd(kind, unroll, cdt, saved, cotangents):
+    params, xs, carry, reset, res = saved
     d_final, d_hs = cotangents
-    d_rec, d_xproj, d_carry = _loops(kind)[1](rec, carry, reset, res, d_final, d_hs, unroll, cdt)
-    return d_rec, d_xproj, d_carry, None  # reset: boolean, no cotangent
+    rec = {k: v for k, v in params.items() if k != "w_x"}
+    d_rec, d_xp, d_carry = _loops(kind)[1](rec, carry, reset, res, d_final, d_hs, unroll, cdt)
+    w_x = params["w_x"] if cdt is None else params["w_x"].astype(cdt)
+    d_params = {
+        **d_rec,
+        "w_x": _weight_grad(xs, d_xp, cdt),  # [D, G*H]
+        "b": _sum_rows(d_xp),
+    }
+    d_xs = jax.lax.dot_general(  # d_xp @ w_x^T without materialising the transpose
+        d_xp.astype(w_x.dtype), w_x, (((2,), (1,)), ((), ())), preferred_element_type=xs.dtype
+    )
+    return d_params, d_xs, d_carry, None  # reset: boolean, no cotangent
 
 
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+_layer.defvjp(_layer_fwd, _layer_bwd)
 
 
 # ---------------------------------------------------------------------------
@@ -310,11 +384,8 @@ def _fused_chunk(
         from lstm_jax import recurrent  # lazy: recurrent imports this module
 
         return recurrent.scan_layer_time_major(cell, params, xs, carry, reset, unroll=unroll)
-    x_proj = _matmul(xs, params["w_x"], compute_dtype) + params["b"]  # [T, B, G*H]
-    rec = {k: params[k] for k in ("w_h", "b_hn") if k in params}
-    final, hs = _recurrence(
-        kind, unroll, compute_dtype, rec, x_proj, _carry_to_tuple(cell, carry), reset
-    )
+    params = {k: params[k] for k in ("w_x", "w_h", "b", "b_hn") if k in params}
+    final, hs = _layer(kind, unroll, compute_dtype, params, xs, _carry_to_tuple(cell, carry), reset)
     return _tuple_to_carry(cell, final), hs
 
 
