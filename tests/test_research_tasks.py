@@ -8,6 +8,10 @@ init scales. Then every `:smoke` config runs end to end and writes its files.
 
 import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -239,3 +243,30 @@ def test_study_smoke_runs_and_reuses(tmp_path):
     again = study.run(config, str(tmp_path))  # finished runs are reused, not retrained
     assert sorted(again["reused"]) == sorted(results["variants"])
     assert again["table"][0]["val_loss"] == results["table"][0]["val_loss"]
+
+
+def test_clis(tmp_path):
+    """Both command lines parse their flags (the study shares lstm_jax.train's
+    --config/--workdir); the task runner runs a smoke config end to end."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}  # cheap compiles
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "lstm_jax.research.tasks",
+            "--config", "configs/ablations/timer.py:smoke", "--workdir", str(tmp_path / "t"),
+            "--config.sweep.init_scales=()", "--config.train.num_steps=2",
+        ],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["task"] == "timer" and (tmp_path / "t" / "table.md").is_file()
+    bad = subprocess.run(
+        [
+            sys.executable, "-m", "lstm_jax.research.study",
+            "--config", "configs/ablations/seeds_study.py:smoke", "--workdir", str(tmp_path / "s"),
+            "--config.nope=1",
+        ],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "nope" in bad.stderr and "DuplicateFlag" not in bad.stderr
+    assert not (tmp_path / "s").exists()  # refused while parsing, before any compute

@@ -23,20 +23,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task.options.solve_accuracy = 0.99  # solved: 99% of held-out sequences correct
 
     c.model.cell = "lstm"
-    c.model.hidden_size = 64
+    c.model.hidden_size = 32  # as in the long-range table (H=64 at lr 3e-3: 1 of 3 seeds solved)
     # b_f = 3 keeps the memory cell open at init (sigmoid(3) = 0.95 per step), close
     # to the 1997 LSTM, which had no forget gate (a constant-1 carousel); with b_f = 1
     # our runs sat on the baseline for thousands of steps.
     c.model.forget_bias = 3.0
 
     c.optim.name = "adam"
-    c.optim.learning_rate = 3e-3  # 1e-2 stalled, 1e-3 was slower in our probes
+    c.optim.learning_rate = 3e-3  # the base rate (a single run); the sweep below varies it
     c.optim.clip_value = 1.0  # global-norm clipping (Pascanu et al. 2013)
 
-    c.train.num_steps = 4000  # cap; a member stops when solved
+    c.train.num_steps = 3000  # cap; a member stops when solved
     c.train.eval_every = 100
 
-    c.sweep.seeds = (0, 1, 2)  # three independent runs in one program
+    # 2 seeds x 3 learning rates = 6 members trained by one vmapped program
+    c.sweep.seeds = (0, 1)
+    c.sweep.learning_rates = (1e-3, 3e-3, 1e-2)
 
     if "le" in args:
         c.task.name = "adding_le"

@@ -9,6 +9,7 @@ Each axis changes one setting of the base config (configs/dnd.py: word level,
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -21,6 +22,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizers = ("sgd:0.1", "sgd:0.01", "sgd:0.001", "sgd:0.0005", "rmsprop:0.001", "adam:0.001")
     c.seq_lens = (3, 5, 15)  # window axis: words per training window (TBPTT length)
     c.num_layers = (2, 3)  # depth axis: layers of 512
+    # None = the base config's batching ("streams": TBPTT, the carry crosses windows, so
+    # the window is the BPTT length); "windows" = independent shuffled windows whose
+    # context is the window itself, as in the seeds' Keras model
+    c.batching = config_dict.placeholder(str)
     # training words per run (= steps x batch 32 x window): 200 steps at window 15,
     # ~2 epochs of the ~46k training words; a CPU budget, far from convergence
     c.train_tokens = 96_000

@@ -18,7 +18,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task.name = "timer"
     c.task.options.seq_len = 100  # T
     c.task.options.max_duration = 50  # pulse length for the cue 1.0 (cue L/10 -> 5L steps)
-    c.task.options.solve_mse = 0.01  # solved: per-step MSE < 0.01 (baseline ~0.05)
+    # solved: per-step MSE < 0.002. The task's default 0.01 is met without reading the
+    # cue well: a net that only counts from the pulse, ignoring the duration cue, can
+    # score 0.25 * mean_d p_d (1 - p_d) ~ 0.021 (p_d = P(duration > d)); ours reached
+    # 0.008 within 100 steps. 0.002 is 10x below that cue-blind optimum.
+    c.task.options.solve_mse = 0.002
 
     c.model.cell = "lstm"
     c.model.hidden_size = 64

@@ -25,8 +25,10 @@ convergence: the table ranks early training, not final quality.
 Outputs: `table.csv` / `table.md` (final validation loss and perplexity per
 variant), `curves.csv` (training and validation loss per logged step, tidy),
 `study.png` (loss curves overlaid per axis), `results.json`. A variant whose
-`runs/<name>/summary.json` matches the current settings is reused, so an
-interrupted study continues where it stopped.
+`runs/<name>/summary.json` matches the current settings is reused, and an
+interrupted variant (SIGINT/SIGTERM: `lstm_jax.train` saves a checkpoint and the
+study exits) resumes from its checkpoint, so rerunning the same command
+continues where the study stopped.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ def variant_config(
         c.train.seq_len = int(overrides["seq_len"])
     if "num_layers" in overrides:
         c.model.num_layers = int(overrides["num_layers"])
+    if study.batching is not None:
+        c.data.batching = study.batching
     t = c.train
     t.num_steps = max(1, round(study.train_tokens / (t.batch_size * t.seq_len)))
     evals = max(1, study.evals_per_run)
@@ -162,6 +166,11 @@ def train_variant(run: dict[str, Any], out: pathlib.Path, keep_checkpoints: bool
     watch = common.Stopwatch()
     summary = train.train_and_evaluate(cfg, str(run_dir))
     seconds = watch.elapsed()
+    if "interrupted_at" in summary:  # SIGINT/SIGTERM: the run saved a checkpoint
+        raise SystemExit(
+            f"study interrupted during {run['name']} at step {summary['interrupted_at']}; "
+            "rerun the same command to resume"
+        )
     rows = read_jsonl(run_dir / "metrics.jsonl")
     val = [r for r in rows if r.get("val_loss") is not None]
     summary = {
@@ -316,5 +325,23 @@ def plot(runs, summaries, path) -> None:
     common.save_figure(fig, path)
 
 
+def main(argv: list[str]) -> None:
+    """CLI entry. The study drives `lstm_jax.train`, whose module defines the
+    `--config`/`--workdir` flags on import, so it reuses those flags instead of
+    defining its own (`common.cli` would define them a second time)."""
+    from absl import app, flags, logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    results = run(flags.FLAGS.config, flags.FLAGS.workdir)
+    print(json.dumps(common.summarize_for_print(results), indent=2))
+
+
 if __name__ == "__main__":
-    common.cli(run, "Seeds' study")
+    from absl import app, flags
+
+    from lstm_jax import train  # noqa: F401  (defines --config, --workdir)
+
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

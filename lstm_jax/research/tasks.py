@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from typing import Any
 
@@ -316,10 +317,45 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return results
 
 
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
 def _ratio(x: float | None, base: float) -> float | None:
     if x is None or not math.isfinite(x) or base <= 0:
         return None
     return x / base
+
+
+def replot(workdir: str) -> list[str]:
+    """Redraws the figures of a finished run from its config.json and CSVs
+    (after editing the plotting code, without retraining)."""
+    from pathlib import Path
+
+    out = Path(workdir)
+    config = ml_collections.ConfigDict(json.loads((out / "config.json").read_text()))
+    pts = points(config)
+    plot_curves(load_rows(out / "curves.csv"), pts, config, out / "curves.png")
+    has_sweep = plot_sweep(load_rows(out / "members.csv"), config, out / "sweep.png")
+    return ["curves.png"] + (["sweep.png"] if has_sweep else [])
+
+
+def load_rows(path) -> list[dict[str, Any]]:
+    """A CSV written by `run`, with numbers, booleans and None restored."""
+
+    def value(v: str) -> Any:
+        if v == "":
+            return None
+        if v in ("True", "False"):
+            return v == "True"
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    return [{k: value(v) for k, v in row.items()} for row in common.read_csv(path)]
 
 
 # ----------------------------------------------------------------------------
@@ -328,7 +364,8 @@ def _ratio(x: float | None, base: float) -> float | None:
 
 def aggregate(member_rows: list[dict[str, Any]], config) -> list[dict[str, Any]]:
     """Members grouped by everything but the seed: solved k/n, steps to solve
-    per seed, mean final criterion and loss / baseline."""
+    per seed, mean final criterion and loss / baseline (over the members that
+    did not diverge; `diverged` counts the others)."""
     key_cols = ["task", "cell", "hidden_size", "seq_len"]
     if config.sweep.task_option and config.sweep.task_option not in key_cols:
         key_cols.append(config.sweep.task_option)
@@ -338,8 +375,8 @@ def aggregate(member_rows: list[dict[str, Any]], config) -> list[dict[str, Any]]
         groups.setdefault(tuple(r[k] for k in key_cols), []).append(r)
     table = []
     for key, rows in groups.items():
-        crit = [r["final_criterion"] for r in rows if r["final_criterion"] is not None]
-        ratio = [r["loss_over_baseline"] for r in rows if r["loss_over_baseline"] is not None]
+        crit = [r["final_criterion"] for r in rows if _finite(r["final_criterion"])]
+        ratio = [r["loss_over_baseline"] for r in rows if _finite(r["loss_over_baseline"])]
         solved = [r["steps_to_solve"] for r in rows if r["solved"]]
         table.append(
             {
@@ -417,6 +454,8 @@ def plot_curves(curve_rows, pts: list[Point], config, path) -> None:
         sharex="col",
         layout="constrained",
     )
+    for ax in axes[0][1:]:  # one loss scale for every column: T=400 noise is not a signal
+        ax.sharey(axes[0][0])
     labelled = set()
     for p in pts:
         col = values.index(p.option_value)
@@ -449,10 +488,10 @@ def plot_curves(curve_rows, pts: list[Point], config, path) -> None:
         axes[1][col].set_xlabel("step")
         for ax in axes[:, col]:
             ax.grid(True, alpha=0.3)
-        axes[0][col].legend(fontsize=7)
-    axes[0][0].set_ylabel("eval loss / constant-guess baseline")
+    axes[0][0].legend(fontsize=7)
+    axes[0][0].set_ylabel("eval loss / baseline")
     axes[1][0].set_ylabel(f"eval {crit} (dashed: solved)")
-    common.save_figure(fig, path)
+    common.save_figure(fig, path, dpi=80)
 
 
 def plot_sweep(member_rows, config, path) -> bool:
