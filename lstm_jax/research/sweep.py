@@ -46,6 +46,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -353,13 +354,15 @@ def train_sweep(
     ends when no member is left; a member whose loss is non-finite stops too.
     `num_steps` must be a multiple of `eval_every`. `vectorize`: see `make_chunk`.
     """
-    import time
-
     if eval_every < 1 or num_steps % eval_every:
         raise ValueError(
             f"num_steps ({num_steps}) must be a positive multiple of eval_every ({eval_every})"
         )
     members = list(members)
+    if not members:
+        raise ValueError("a sweep needs at least one member")
+    if len({m.init_scale is None for m in members}) > 1:
+        raise ValueError("init scales must be all numbers or all None (the cell default)")
     k = len(members)
     t0 = time.perf_counter()
     model = SequenceModel(config)
