@@ -92,7 +92,9 @@ SAMPLE_SHAPE = Shape(65, 64, 128, 2, 1, 1000)  # char-rnn model; batch = streams
 SAMPLE_STREAMS = (1, 64)
 LONG_SEQ_SHAPE = Shape(65, 64, 128, 2, 50, 0)  # char-rnn model; seq from LONG_SEQ_T
 LONG_SEQ_T = (1000, 10000)
-ALL_CONFIGS = (*TRAIN_CONFIGS, "sample", "long_seq")
+CELLS_SHAPES = ("char_rnn", "seeds")  # "cells": scan vs fused for every cell type
+CELL_TYPES = ("lstm", "gru", "rnn_tanh")
+ALL_CONFIGS = (*TRAIN_CONFIGS, "sample", "long_seq", "cells")
 OUR_IMPLS = ("scan", "fused")
 PEERS = ("torch", "flax_lstm", "flax_optimized")
 LABELS = {
@@ -119,6 +121,7 @@ class Row:
     compile_s: float = float("nan")
     peak_mib: float = float("nan")
     note: str = ""
+    cell: str = "lstm"
 
     @property
     def tokens_per_s(self) -> float:
@@ -142,6 +145,7 @@ class Row:
         out = {
             "config": self.config,
             "impl": self.impl,
+            "cell": self.cell,
             "tokens_per_s": round(self.tokens_per_s, 1),
             "tokens_per_cpu_s": round(self.tokens_per_cpu_s, 1),
             **dataclasses.asdict(s),
@@ -253,7 +257,7 @@ def _tokens(shape: Shape) -> jax.Array:
 
 
 def ours_trainer(
-    shape: Shape, impl: str, compiler_options: dict[str, Any] | None = None
+    shape: Shape, impl: str, compiler_options: dict[str, Any] | None = None, cell: str = "lstm"
 ) -> JaxTrainer:
     model = LanguageModel(
         LMConfig(
@@ -262,6 +266,7 @@ def ours_trainer(
             hidden_size=shape.hidden,
             num_layers=shape.layers,
             impl=impl,
+            cell=cell,
         )
     )
     carry = model.init_carry(shape.batch)
@@ -321,13 +326,13 @@ def run_torch(job: dict[str, Any]) -> dict[str, Any]:
 def bench_train(
     name: str, shape: Shape, impls: list[str], peers: list[str], args: argparse.Namespace
 ) -> list[Row]:
+    opts = args.compiler_options
     makers: dict[str, Callable[[], JaxTrainer]] = {
-        impl: (lambda impl=impl: ours_trainer(shape, impl)) for impl in impls
+        impl: (lambda impl=impl: ours_trainer(shape, impl, opts)) for impl in impls
     }
-    if "flax_lstm" in peers:
-        makers["flax_lstm"] = lambda: flax_trainer(shape, optimized=False)
-    if "flax_optimized" in peers:
-        makers["flax_optimized"] = lambda: flax_trainer(shape, optimized=True)
+    for peer, optimized in (("flax_lstm", False), ("flax_optimized", True)):
+        if peer in peers:
+            makers[peer] = lambda o=optimized: flax_trainer(shape, o, compiler_options=opts)
     rows: dict[str, Row] = {}
     trainers: dict[str, JaxTrainer] = {}
     for key, make in makers.items():
@@ -415,12 +420,36 @@ def bench_sample(peers: list[str], args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def bench_cells(args: argparse.Namespace) -> list[Row]:
+    """Train tokens/s of "scan" and "fused" for each cell type (no peers)."""
+    rows = []
+    for shape_name in CELLS_SHAPES:
+        shape = TRAIN_CONFIGS[shape_name]
+        trainers = {}
+        for cell in CELL_TYPES:
+            for impl in ("scan", "fused"):
+                t = ours_trainer(shape, impl, args.compiler_options, cell=cell)
+                t.run(args.warmup)
+                trainers[(cell, impl)] = t
+                row = Row(f"cells:{shape_name}", impl, shape, compile_s=t.compile_s, cell=cell)
+                row.peak_mib = t.peak_mib
+                rows.append(row)
+        by_key = {(r.cell, r.impl): r for r in rows[-len(trainers) :]}
+        for _ in range(args.rounds):
+            for key, t in trainers.items():
+                times, cpu = t.run(max(2, args.steps // 2))
+                by_key[key].times += times
+                by_key[key].cpu += cpu
+        del trainers
+    return rows
+
+
 def bench_long_seq(args: argparse.Namespace) -> list[Row]:
     rows = []
     for t in LONG_SEQ_T:
         shape = dataclasses.replace(LONG_SEQ_SHAPE, seq=t)
         for impl in ("scan", "fused", "fused_remat"):
-            trainer = ours_trainer(shape, impl)
+            trainer = ours_trainer(shape, impl, args.compiler_options)
             row = Row("long_seq", impl, shape, compile_s=trainer.compile_s)
             row.peak_mib = trainer.peak_mib
             trainer.run(1)
@@ -522,9 +551,32 @@ def markdown(rows: list[Row], gflops: float, notes: list[str]) -> str:
                 f"{r.peak_mib / base.peak_mib:.2f} | {r.tokens_per_s:,.0f} | "
                 f"{r.compile_s:.1f} |"
             )
+    cell_rows = [r for r in rows if r.config.startswith("cells:")]
+    if cell_rows:
+        out.append("\nEvery cell type, train tokens/s, reference scan vs fused (same step):\n")
+        out.append("| config | cell | scan tokens/s | fused tokens/s | fused / scan |")
+        out.append("|---|---|--:|--:|--:|")
+        for r in cell_rows:
+            if r.impl != "fused":
+                continue
+            ref = next(
+                o for o in cell_rows if (o.config, o.cell, o.impl) == (r.config, r.cell, "scan")
+            )
+            out.append(
+                f"| {r.config.split(':')[1]} | {r.cell} | {ref.tokens_per_s:,.0f} | "
+                f"{r.tokens_per_s:,.0f} | {r.tokens_per_s / ref.tokens_per_s:.2f}x |"
+            )
     if notes:
         out.append("\n" + "\n".join(f"- {n}" for n in notes))
     return "\n".join(out)
+
+
+def _loadavg() -> list[str]:
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[:3]
+    except OSError:
+        return ["n/a"]
 
 
 def machine_notes(args: argparse.Namespace) -> list[str]:
@@ -532,11 +584,24 @@ def machine_notes(args: argparse.Namespace) -> list[str]:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
         f"jax {jax.__version__} on {jax.default_backend()}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
-        f"{args.warmup} warm-up steps, {args.rounds} rounds x {args.steps} timed steps",
+        f"{args.warmup} warm-up steps, {args.rounds} rounds x {args.steps} timed steps; "
+        f"XLA compiler options: {args.compiler_options or 'defaults'}",
+        f"load average at the end: {' '.join(_loadavg())} (other processes share the cores)",
     ]
     if not torch_python():
         notes.append("PyTorch column skipped: LSTM_JAX_TORCH_PYTHON is not set.")
     return notes
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    """ "name=value" -> (name, bool | int | str); an empty value stays ""."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--xla_option wants NAME=VALUE, got {text!r}")
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return name, lowered == "true"
+    return name, int(value) if value.lstrip("-").isdigit() else value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -553,6 +618,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="2",
         help="torch.set_num_threads, comma-separated for several torch rows (e.g. 2,1)",
     )
+    p.add_argument(
+        "--xla_option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an XLA compiler option for every JAX row (repeatable), e.g. "
+        "xla_cpu_experimental_ynn_fusion_type= ; applied per compile, not process-wide",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per row, no table")
     args = p.parse_args(argv)
     for field, valid in (("configs", ALL_CONFIGS), ("peers", PEERS)):
@@ -564,6 +637,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from lstm_jax import recurrent  # the registry of layer implementations
 
     args.threads = [int(t) for t in args.threads.split(",") if t]
+    args.compiler_options = dict(_parse_option(o) for o in args.xla_option) or None
     args.impls = [i for i in args.impls.split(",") if i]
     bad = sorted(set(args.impls) - set(recurrent.LAYER_IMPLS))
     if bad:
@@ -583,6 +657,8 @@ def main(argv: list[str] | None = None) -> None:
             rows += bench_sample(args.peers, args)
         elif name == "long_seq":
             rows += bench_long_seq(args)
+        elif name == "cells":
+            rows += bench_cells(args)
         gflops = max(gflops, matmul_gflops())
     if args.json:
         for r in rows:
