@@ -5,22 +5,27 @@ bf16 compute, and a cuDNN backend hook. Every function here is a drop-in for
 Why a custom backward pass. Plain autodiff of the reference scan
 (`recurrent.scan_layer_time_major`) differentiates one step at a time, so the
 recurrent weight gradient `dW_h += h_{t-1}^T dz_t` becomes T small
-`[H, B] @ [B, G*H]` matmuls inside the backward loop, plus the stores of every
-intermediate the step created. cuDNN's answer, copied here:
+`[H, B] @ [B, G*H]` matmuls (and T accumulations) inside the backward loop,
+plus a store of every intermediate the step created. cuDNN's answer, copied
+here (`_layer`, one `jax.custom_vjp` per layer):
 
-    forward loop   z_t = x_proj[t] + h_{t-1} @ W_h ; gates ; save activations
-    backward loop  only what is truly sequential: dz_t from (dh_t, dc_t) and
-                   dh_{t-1} = dz_t @ W_h^T, one [B, G*H] @ [G*H, H] matmul a step
-    after the loop dW_h = H_prev^T @ dZ      one [H, T*B] @ [T*B, G*H] matmul
-                   dx_proj = dZ              (the input projection's gradient,
-                                              dW_x and dx, are big matmuls that
-                                              plain autodiff already does well)
+    before the loop x_proj = xs @ W_x          one [T*B, D] @ [D, G*H] matmul
+    forward loop    z_t = x_proj[t] + b + h_{t-1} @ W_h ; gates ; h_t, c_t
+                    the gate activations overwrite x_proj[t] in place
+    backward loop   only what is truly sequential: dz_t from (dh_t, dc_t) and
+                    dh_{t-1} = dz_t @ W_h^T; dz_t overwrites the activations
+    after the loop  dW_h = H_prev^T dZ, dW_x = X^T dZ   (one matmul each)
+                    dX = dZ @ W_x^T, db = 1^T dZ
 
-The custom VJP covers the recurrence only (`_recurrence`): the input projection
-`x_proj = xs @ W_x + b` stays outside, hoisted over all T steps, and ordinary
-autodiff handles it. The backward loop is exact (same math, different
-association of sums), for every cell in `lstm_jax.cells`, with reset masks and
-with gradients flowing into the incoming carry.
+The loops are exact (the same math, sums associated differently), for every
+cell in `lstm_jax.cells`, with reset masks and with gradients flowing into the
+incoming carry. What was measured to matter on CPU (docs/performance.md):
+the single dW matmuls (fewer, larger GEMMs), in-place reuse of the [T, B, G*H]
+buffer (no zero-fill, no copy, 2-2.5x less activation memory than autodiff of
+the scan), and few ops per step (one elementwise formula for all four LSTM
+gates). Things measured and dropped: a transposed (state-major) layout in the
+loops, splitting the batch into independent loops, `unroll`, other XLA:CPU dot
+libraries (Eigen/XNNPACK/oneDNN: faster on one core at H=512, slower on two).
 
 Options (keep the API small; all are keyword arguments of `fused_layer_time_major`,
 and the registered names in `LAYER_IMPLS` fix common choices):
@@ -120,7 +125,7 @@ def _cell_kind(cell: Cell) -> str | None:
 
 # ---------------------------------------------------------------------------
 # Per-cell forward / backward loops. Carries are tuples: (h, c) or (h,).
-# `rec` holds the recurrent parameters: {"w_h"} (+ {"b_hn"} for the GRU).
+# `rec` holds the layer's parameters but w_x: {"w_h", "b"} (+ "b_hn" for the GRU).
 
 
 def _gate_scale(hidden: int, dtype: Any) -> Array:
@@ -173,7 +178,6 @@ def _lstm_bwd(rec, carry, reset, res, d_final, d_hs, unroll, cdt):
     w_ht = rec["w_h"].T  # [4H, H], transposed once, outside the loop
     w_ht = w_ht if cdt is None else w_ht.astype(cdt)
     s = _gate_scale(h0.shape[-1], acts.dtype)
-    one = jnp.ones_like(h0)
 
     def body(state, inp):
         t, dh, dc, buf = state
@@ -192,7 +196,6 @@ def _lstm_bwd(rec, carry, reset, res, d_final, d_hs, unroll, cdt):
         dc_prev = _mask(dc * f, r)
         return (t - 1, dh_prev, dc_prev, _store(buf, dz, t)), None
 
-    del one
     t_last = jnp.int32(acts.shape[0] - 1)
     (_, dh0, dc0, dzs), _ = jax.lax.scan(
         body, (t_last, *d_final, acts), (d_hs, cs, reset), reverse=True, unroll=unroll
@@ -203,89 +206,102 @@ def _lstm_bwd(rec, carry, reset, res, d_final, d_hs, unroll, cdt):
 
 
 def _gru_fwd(rec, x_proj, carry, reset, unroll, cdt):
-    """x_proj [T, B, 3H] -> final (h,), hs [T, B, H], residuals."""
+    """x_proj [T, B, 3H] -> final (h,), hs [T, B, H], residuals
+    (hs, acts = (r, z, n) written over x_proj in place, hnb = W_hn h + b_hn)."""
     w_h = rec["w_h"] if cdt is None else rec["w_h"].astype(cdt)
     b, b_hn = rec["b"], rec["b_hn"]
 
-    def body(carry, inp):
-        (h,) = carry
-        xp, r = inp
+    def body(state, r):
+        t, h, buf = state
         h = _mask(h, r)
-        xr, xz, xn = jnp.split(xp + b, 3, axis=-1)
+        xr, xz, xn = jnp.split(_read(buf, t) + b, 3, axis=-1)
         hr, hz, hn = jnp.split(_matmul(h, w_h, cdt), 3, axis=-1)
         rg = jax.nn.sigmoid(xr + hr)
         zg = jax.nn.sigmoid(xz + hz)
         hnb = hn + b_hn
         n = jnp.tanh(xn + rg * hnb)
-        h_new = (1.0 - zg) * n + zg * h
-        return (h_new,), (h_new, jnp.concatenate([rg, zg, n, hnb], axis=-1))
+        h = (1.0 - zg) * n + zg * h
+        buf = _store(buf, jnp.concatenate([rg, zg, n], axis=-1), t)
+        return (t + 1, h, buf), (h, hnb)
 
-    final, (hs, acts) = jax.lax.scan(body, carry, (x_proj, reset), unroll=unroll)
-    return final, hs, (hs, acts)
+    init = (jnp.int32(0), carry[0], x_proj)
+    (_, h, acts), (hs, hnbs) = jax.lax.scan(
+        body, init, reset, length=x_proj.shape[0], unroll=unroll
+    )
+    return (h,), hs, (hs, acts, hnbs)
 
 
 def _gru_bwd(rec, carry, reset, res, d_final, d_hs, unroll, cdt):
-    hs, acts = res  # [T, B, H], [T, B, 4H] = (r, z, n, W_hn h + b_hn)
+    """Reverse loop; d x_proj overwrites (r, z, n) in place."""
+    hs, acts, hnbs = res  # [T, B, H], [T, B, 3H], [T, B, H]
     (h0,) = carry
-    h_prev = _prev(h0, hs, reset)
     w_ht = rec["w_h"].T  # [3H, H]
     w_ht = w_ht if cdt is None else w_ht.astype(cdt)
 
-    def body(dcarry, inp):
-        (dh,) = dcarry
-        dh_out, a, hp, r = inp
+    def body(state, inp):
+        t, dh, buf = state
+        dh_out, hnb, r = inp
+        rg, zg, n = jnp.split(_read(buf, t), 3, axis=-1)
+        hp = jnp.where(t > 0, _index(hs, jnp.maximum(t - 1, 0)), h0)  # h_{t-1}
+        hp = _mask(hp, r)
         dh = dh + dh_out
-        rg, zg, n, hnb = jnp.split(a, 4, axis=-1)
         dn = dh * (1.0 - zg) * (1.0 - n * n)  # d pre-tanh of n
         dr = dn * hnb * rg * (1.0 - rg)  # d pre-sigmoid of r
         dzg = dh * (hp - n) * zg * (1.0 - zg)  # d pre-sigmoid of z
         dhn = dn * rg  # d (W_hn h + b_hn)
-        dx = jnp.concatenate([dr, dzg, dn], axis=-1)  # d x_proj [B, 3H]
         dhp = jnp.concatenate([dr, dzg, dhn], axis=-1)  # d (h @ W_h) [B, 3H]
         dh_prev = _mask(dh * zg + _matmul(dhp, w_ht, cdt), r)
-        return (dh_prev,), (dx, dhn)
+        buf = _store(buf, jnp.concatenate([dr, dzg, dn], axis=-1), t)  # d x_proj
+        return (t - 1, dh_prev, buf), dhn
 
-    d0, (dxs, dhns) = jax.lax.scan(
-        body, d_final, (d_hs, acts, h_prev, reset), reverse=True, unroll=unroll
+    t_last = jnp.int32(acts.shape[0] - 1)
+    (_, dh0, dxs), dhns = jax.lax.scan(
+        body, (t_last, *d_final, acts), (d_hs, hnbs, reset), reverse=True, unroll=unroll
     )
+    h_prev = _prev(h0, hs, reset)
     dhp_all = jnp.concatenate([dxs[..., : -dhns.shape[-1]], dhns], axis=-1)
     d_rec = {"w_h": _weight_grad(h_prev, dhp_all, cdt), "b_hn": _sum_rows(dhns)}
-    return d_rec, dxs, d0
+    return d_rec, dxs, (dh0,)
 
 
 def _rnn_fwd(activation, rec, x_proj, carry, reset, unroll, cdt):
-    """x_proj [T, B, H] -> final (h,), hs [T, B, H]; hs is the only residual."""
+    """x_proj [T, B, H] -> final (h,), hs [T, B, H] (written over x_proj in
+    place); hs is the only residual."""
     w_h = rec["w_h"] if cdt is None else rec["w_h"].astype(cdt)
     b = rec["b"]
     act = jnp.tanh if activation == "tanh" else jax.nn.relu
 
-    def body(carry, inp):
-        (h,) = carry
-        xp, r = inp
-        h = act(xp + b + _matmul(_mask(h, r), w_h, cdt))
-        return (h,), h
+    def body(state, r):
+        t, h, buf = state
+        h = act(_read(buf, t) + b + _matmul(_mask(h, r), w_h, cdt))
+        return (t + 1, h, _store(buf, h, t)), None
 
-    final, hs = jax.lax.scan(body, carry, (x_proj, reset), unroll=unroll)
-    return final, hs, (hs,)
+    init = (jnp.int32(0), carry[0], x_proj)
+    (_, h, hs), _ = jax.lax.scan(body, init, reset, length=x_proj.shape[0], unroll=unroll)
+    return (h,), hs, (hs,)
 
 
 def _rnn_bwd(activation, rec, carry, reset, res, d_final, d_hs, unroll, cdt):
+    """Reverse loop; dz overwrites the incoming d_hs[t] in place."""
     (hs,) = res
     (h0,) = carry
     w_ht = rec["w_h"].T
     w_ht = w_ht if cdt is None else w_ht.astype(cdt)
 
-    def body(dcarry, inp):
-        (dh,) = dcarry
-        dh_out, h, r = inp
-        dh = dh + dh_out
+    def body(state, inp):
+        t, dh, buf = state
+        h, r = inp
+        dh = dh + _read(buf, t)
         # tanh' = 1 - h^2; relu' = [h > 0] (0 at the kink, as jax.nn.relu)
         dz = dh * (1.0 - h * h) if activation == "tanh" else jnp.where(h > 0, dh, 0.0)
-        return (_mask(_matmul(dz, w_ht, cdt), r),), dz
+        return (t - 1, _mask(_matmul(dz, w_ht, cdt), r), _store(buf, dz, t)), None
 
-    d0, dzs = jax.lax.scan(body, d_final, (d_hs, hs, reset), reverse=True, unroll=unroll)
+    t_last = jnp.int32(hs.shape[0] - 1)
+    (_, dh0, dzs), _ = jax.lax.scan(
+        body, (t_last, *d_final, d_hs), (hs, reset), reverse=True, unroll=unroll
+    )
     d_rec = {"w_h": _weight_grad(_prev(h0, hs, reset), dzs, cdt)}
-    return d_rec, dzs, d0
+    return d_rec, dzs, (dh0,)
 
 
 def _weight_grad(h_prev: Array, dz: Array, cdt: str | None) -> Array:

@@ -202,3 +202,25 @@ def test_registered_names():
     for name in ("fused", "fused_remat", "fused_bf16", "cudnn"):
         assert recurrent.get_layer_impl(name) is fused.LAYER_IMPLS[name]
     assert fused.auto_chunk(10_000) == 100 and fused.auto_chunk(1) == 1
+
+
+def test_bench_cli_and_json_rows():
+    """The benchmark's plumbing (no timing): options, the JSON row, the FLOP
+    count behind the roofline column (the issue's ~20 MFLOP per seeds token)."""
+    from lstm_jax import bench
+
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--configs", "no_such_config"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--impls", "no_such_impl"])
+    args = bench.parse_args(["--configs", "seeds", "--threads", "2,1", "--xla_option", "a=1"])
+    assert args.threads == [2, 1] and args.compiler_options == {"a": 1}
+    seeds = bench.TRAIN_CONFIGS["seeds"]
+    assert seeds.train_flops_per_token == pytest.approx(19.9e6, rel=0.01)
+    ours = bench.Row("seeds", "fused", seeds, times=[0.5, 1.0, 0.75], cpu=[1.0, 1.0, 1.0])
+    peer = bench.Row("seeds", "torch", seeds, times=[1.5, 1.5, 1.5], cpu=[1.0, 1.0, 1.0])
+    row = ours.as_json(270.0, bench.ratios(ours, [ours, peer]))
+    shape_keys = {"vocab", "embed", "hidden", "layers", "batch", "seq"}
+    assert {"config", "impl", "tokens_per_s", *shape_keys} <= row.keys()
+    assert row["tokens_per_s"] == pytest.approx(6400 / 0.75, abs=0.1)  # median step
+    assert row["ratios"]["vs_torch"] == pytest.approx(2.0)
