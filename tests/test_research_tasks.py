@@ -59,6 +59,12 @@ def separate_runs():
     ]
 
 
+# float32 after a few Adam steps: batched and separate programs may sum in a
+# different order (XLA's CPU thread pool splits work by load), which moves a
+# value by ~1e-5 relative; a wrong seed, rate or init scale moves it by 1e-2+.
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("vectorize", ["vmap", "map"])
 def test_sweep_equals_separate_runs(separate_runs, vectorize):
     cfg = sweep.seq_config(TASK, MODEL)
@@ -77,10 +83,10 @@ def test_sweep_equals_separate_runs(separate_runs, vectorize):
     assert res.steps_run == STEPS and res.eval_steps.tolist() == [2, 4]
     assert res.train["loss"].shape == (len(MEMBERS), STEPS)
     for i, (params, losses) in enumerate(separate_runs):
-        np.testing.assert_allclose(res.train["loss"][i], losses, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(res.train["loss"][i], losses, **TOL)
         mine = sweep.member_params(res.params, i)
         for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(params), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(a, b, **TOL)
     assert not np.allclose(res.train["loss"][0], res.train["loss"][1])
 
 
@@ -105,7 +111,7 @@ def test_solved_member_stops_and_program_ends():
     for a, b in zip(
         jax.tree.leaves(sweep.member_params(res.params, 1)), jax.tree.leaves(params), strict=True
     ):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, **TOL)
 
 
 def test_grid_and_errors():
