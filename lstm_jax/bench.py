@@ -4,6 +4,8 @@
     python -m lstm_jax.bench --configs seeds,sample --steps 20
     python -m lstm_jax.bench --configs long_seq               # memory vs T, remat on/off
     python -m lstm_jax.bench --json                           # one JSON object per row
+    python -m lstm_jax.bench --threads 2,1                    # torch with 2 and 1 threads
+    python -m lstm_jax.bench --impls scan,fused,fused_bf16    # any names in LAYER_IMPLS
 
 What is measured (one process, one config at a time, peers run one after the
 other, never concurrently, so they do not fight for the cores):
@@ -18,6 +20,11 @@ other, never concurrently, so they do not fight for the cores):
   PyTorch `nn.LSTM` with the same shapes, step and optimizer, run in the
   interpreter named by LSTM_JAX_TORCH_PYTHON with `torch.set_num_threads`
   = --threads (the column is skipped, and the table says so, when unset).
+  With several thread counts, "vs PyTorch" is against the fastest torch row:
+  on a machine shared with other jobs, 2 OpenMP threads can be far slower
+  than 1.
+- tokens/CPU-s: tokens per CPU-second of the process (all threads): the work
+  done, which other processes' load does not stretch the way it does wall time.
 - compile: seconds of `jit(...).lower(...).compile()` (torch: the first step).
 - peak MiB: from XLA's `memory_analysis()` of the compiled step: arguments +
   outputs - donated (aliased) + temporaries, i.e. params, optimizer state and
@@ -31,6 +38,8 @@ other, never concurrently, so they do not fight for the cores):
   step-by-step Python loop.
 - long_seq: the char-rnn model at T = 1,000 and 10,000 with "scan", "fused"
   and "fused_remat": peak memory and tokens/s.
+- cells: "scan" vs "fused" train tokens/s for LSTM, GRU and tanh-RNN at the
+  char_rnn and seeds shapes (no peers).
 """
 
 from __future__ import annotations

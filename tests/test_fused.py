@@ -224,3 +224,24 @@ def test_bench_cli_and_json_rows():
     assert {"config", "impl", "tokens_per_s", *shape_keys} <= row.keys()
     assert row["tokens_per_s"] == pytest.approx(6400 / 0.75, abs=0.1)  # median step
     assert row["ratios"]["vs_torch"] == pytest.approx(2.0)
+
+
+def test_unknown_cell_falls_back_to_the_reference_scan():
+    """A cell the fused path does not know runs through the reference scan."""
+
+    @dataclasses.dataclass(frozen=True)
+    class HalfTanh(cells._CellBase):
+        name = "half_tanh"
+
+        def recur(self, params, carry, x_proj):
+            h = 0.5 * jnp.tanh(x_proj + carry @ params["w_h"])
+            return h, h
+
+    cell = HalfTanh(init_scale=0.3)
+    params = cell.init(jax.random.key(0), D, H)
+    xs = jax.random.normal(jax.random.key(1), (T, B, D))
+    carry = cell.zero_carry(B, H)
+    assert fused._cell_kind(cell) is None
+    got = fused.fused_layer_time_major(cell, params, xs, carry, reset_mask().T)
+    ref = recurrent.scan_layer_time_major(cell, params, xs, carry, reset_mask().T)
+    assert_trees_close(got, ref, tol=1e-6)
