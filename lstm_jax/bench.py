@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lstm_jax import parallel
 from lstm_jax.model import LanguageModel, LMConfig
 
 TORCH_SCRIPT = pathlib.Path(__file__).with_name("bench_torch.py")
@@ -223,9 +224,15 @@ class JaxTrainer:
         params: Any,
         tokens: jax.Array,
         compiler_options: dict[str, Any] | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ):
+        """With a `mesh`: params and optimizer state replicated, tokens split by rows."""
         opt = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(2e-3))
         targets = jnp.roll(tokens, -1, axis=1)
+        jit_kw: dict[str, Any] = {}
+        if mesh is not None:
+            rep, rows = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+            jit_kw = dict(in_shardings=(rep, rep, rows, rows), out_shardings=(rep, rep, rep))
 
         def step(params, opt_state, tokens, targets):
             loss, grads = jax.value_and_grad(loss_fn)(params, tokens, targets)
@@ -235,12 +242,15 @@ class JaxTrainer:
         opt_state = opt.init(params)
         t0 = time.perf_counter()
         self.compiled = (
-            jax.jit(step, donate_argnums=(0, 1))
+            jax.jit(step, donate_argnums=(0, 1), **jit_kw)
             .lower(params, opt_state, tokens, targets)
             .compile(compiler_options=compiler_options or None)
         )
         self.compile_s = time.perf_counter() - t0
         self.peak_mib = _peak_mib(self.compiled)
+        if mesh is not None:  # place the arguments where the compiled step expects them
+            params, opt_state = jax.device_put((params, opt_state), parallel.replicated(mesh))
+            tokens, targets = jax.device_put((tokens, targets), parallel.batch_sharding(mesh))
         self.state = (params, opt_state)
         self.batch = (tokens, targets)
 
@@ -265,9 +275,18 @@ def _tokens(shape: Shape) -> jax.Array:
     return jax.random.randint(jax.random.key(1), (shape.batch, shape.seq), 0, shape.vocab)
 
 
+def split_impl(impl: str) -> tuple[str, int]:
+    """ "fused@2cpu" -> ("fused", 2): a layer implementation run with the batch
+    split over 2 CPU devices (`--cpu_devices`); "fused" -> ("fused", 1)."""
+    name, _, devices = impl.partition("@")
+    return name, int(devices.removesuffix("cpu")) if devices else 1
+
+
 def ours_trainer(
     shape: Shape, impl: str, compiler_options: dict[str, Any] | None = None, cell: str = "lstm"
 ) -> JaxTrainer:
+    impl, devices = split_impl(impl)
+    mesh = parallel.data_mesh(jax.devices()[:devices]) if devices > 1 else None
     model = LanguageModel(
         LMConfig(
             vocab_size=shape.vocab,
@@ -281,10 +300,11 @@ def ours_trainer(
     carry = model.init_carry(shape.batch)
 
     def loss_fn(params, tokens, targets):
-        logits, _ = model.apply(params, tokens, carry)
+        logits, _ = model.apply(params, tokens, carry, mesh=mesh)
         return _xent(logits, targets)
 
-    return JaxTrainer(loss_fn, model.init(jax.random.key(0)), _tokens(shape), compiler_options)
+    params, tokens = model.init(jax.random.key(0)), _tokens(shape)
+    return JaxTrainer(loss_fn, params, tokens, compiler_options, mesh)
 
 
 def flax_trainer(
@@ -495,6 +515,9 @@ def ratios(row: Row, rows: list[Row]) -> dict[str, float]:
 def label(r: Row) -> str:
     if r.impl.startswith("torch"):
         return f"PyTorch nn.LSTM ({r.note})" if r.config != "sample" else f"PyTorch ({r.note})"
+    impl, devices = split_impl(r.impl)
+    if devices > 1:
+        return f"{LABELS.get(impl, impl)}, rows over {devices} CPU devices"
     return LABELS.get(r.impl, r.impl)
 
 
@@ -635,6 +658,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an XLA compiler option for every JAX row (repeatable), e.g. "
         "xla_cpu_experimental_ynn_fusion_type= ; applied per compile, not process-wide",
     )
+    p.add_argument(
+        "--cpu_devices",
+        type=int,
+        default=0,
+        help="also run each --impls row with the batch split over this many CPU devices "
+        "(parallel.use_cpu_devices; the rows are named e.g. fused@2cpu); 0 = no such rows",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per row, no table")
     args = p.parse_args(argv)
     for field, valid in (("configs", ALL_CONFIGS), ("peers", PEERS)):
@@ -651,11 +681,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = sorted(set(args.impls) - set(recurrent.LAYER_IMPLS))
     if bad:
         p.error(f"unknown impls {bad}; valid: {sorted(recurrent.LAYER_IMPLS)}")
+    if args.cpu_devices < 0:
+        p.error(f"--cpu_devices must be >= 0, got {args.cpu_devices}")
+    if args.cpu_devices > 1:
+        args.impls += [f"{impl}@{args.cpu_devices}cpu" for impl in args.impls]
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.cpu_devices > 1:
+        parallel.use_cpu_devices(args.cpu_devices)  # before the first JAX computation
     rows: list[Row] = []
     gflops = matmul_gflops()
     for name in args.configs:

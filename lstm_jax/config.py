@@ -87,6 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel = ml_collections.ConfigDict()  # data parallelism (lstm_jax/parallel.py)
     c.parallel.per_device_batch_size = 0  # > 0: global batch = this x devices (sets batch_size)
     c.parallel.shard_optimizer_state = False  # split optimizer moments over devices (ZeRO-1)
+    # CPU only: expose the host as this many devices (0 = JAX's default, one), so the
+    # batch splits over cores; each core runs its own rows' recurrence. 1.4-1.6x on
+    # char-rnn-sized models with 2 cores, slower for big readouts (docs/performance.md).
+    c.parallel.cpu_devices = 0
 
     c.lock()
     return c
@@ -125,4 +129,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1:
         raise ValueError("data.val_fraction and data.test_fraction must be in [0, 1)")
+    cpu_devices = config.get("parallel", base_config().parallel).cpu_devices
+    if cpu_devices < 0:
+        raise ValueError(
+            f"parallel.cpu_devices must be >= 0 (0 = JAX's default), got {cpu_devices}"
+        )
     optim.validate(config.optim)

@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from lstm_jax import initializers, recurrent
 from lstm_jax.cells import Cell, make_cell
@@ -81,7 +82,7 @@ class _RecurrentModel:
         c = self.config
         return recurrent.zero_stack_carry(self.cell, c.num_layers, batch_size, c.hidden_size)
 
-    def _stack(self, params, xs, carry, reset, rng):
+    def _stack(self, params, xs, carry, reset, rng, mesh=None):
         c = self.config
         return recurrent.run_stack(
             self.cell,
@@ -93,6 +94,7 @@ class _RecurrentModel:
             rng=rng,
             unroll=c.unroll,
             impl=c.impl,
+            mesh=mesh,
         )
 
     def _stack_param_count(self, in_dim: int) -> int:
@@ -169,13 +171,14 @@ class LanguageModel(_RecurrentModel):
         reset: Array | None = None,  # [B, T] bool: zero the carry before step t
         train: bool = False,
         rng: Array | None = None,
+        mesh: Mesh | None = None,  # split the recurrence's rows over its "data" axis
     ) -> tuple[Array, tuple[Any, ...]]:
         """Returns (logits [B, T, V], final carry)."""
         c = self.config
         rng = _check_rng(c, train, rng)
         keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
         xs = recurrent.dropout(self.embed(params, tokens), c.dropout, keys[0])
-        carry, hs = self._stack(params, xs, carry, reset, keys[1])
+        carry, hs = self._stack(params, xs, carry, reset, keys[1], mesh)
         hs = recurrent.dropout(hs, c.dropout, keys[2])
         return self.readout(params, hs), carry
 

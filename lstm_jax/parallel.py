@@ -98,6 +98,20 @@ def initialize(
     return True
 
 
+def use_cpu_devices(count: int) -> None:
+    """Present the CPU backend as `count` devices (0: leave JAX's default, one).
+
+    XLA:CPU runs a small per-step matmul and the elementwise gate math of a
+    recurrent loop on one core; with one device per core the data mesh splits
+    the rows and every core runs its own loop (`recurrent.rows_per_device`).
+    Must run before the first JAX computation; GPU/TPU backends ignore it.
+    """
+    if count < 0:
+        raise ValueError(f"cpu_devices must be >= 0, got {count}")
+    if count:
+        jax.config.update("jax_num_cpu_devices", count)
+
+
 # ----------------------------------------------------------------------------
 # The mesh and where each array lives.
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from lstm_jax import fused
 from lstm_jax.cells import Cell, Params
@@ -124,6 +126,39 @@ def dropout(x: Array, rate: float, rng: Array | None) -> Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def rows_per_device(layer_fn: Callable[..., tuple[Carry, Array]], mesh: Mesh, axis: str):
+    """`layer_fn` run by every device of `mesh` on its own rows (streams).
+
+    Streams are independent, so a layer splits over devices by rows with no
+    communication until the backward pass sums the weight gradients (the
+    transpose of `shard_map` psums the cotangent of the replicated params).
+    Left to XLA's automatic partitioning (GSPMD), the sequential loop of a
+    small layer ran no faster on two CPU devices than on one; under
+    `shard_map` each device runs its own loop on its own core
+    (docs/performance.md: char-rnn train step 1.4-1.6x with two CPU devices).
+
+    `check_vma=False`: the custom-VJP loops of lstm_jax/fused.py do not annotate
+    which values vary across devices; the gradients are checked against one
+    device in tests/test_recurrent.py and tests/test_distributed.py.
+    """
+    rows = P(None, axis)  # time-major [T, B, ...]: rows are dimension 1
+    carry_rows = P(axis)  # carries [B, ...]
+
+    def run(cell, params, xs, carry, reset=None, *, unroll=1):
+        if reset is None:
+            body = lambda p, x, c: layer_fn(cell, p, x, c, None, unroll=unroll)  # noqa: E731
+            specs, args = (P(), rows, carry_rows), (params, xs, carry)
+        else:
+            body = lambda p, x, c, r: layer_fn(cell, p, x, c, r, unroll=unroll)  # noqa: E731
+            specs, args = (P(), rows, carry_rows, rows), (params, xs, carry, reset)
+        split = jax.shard_map(
+            body, mesh=mesh, in_specs=specs, out_specs=(carry_rows, rows), check_vma=False
+        )
+        return split(*args)
+
+    return run
+
+
 def run_stack(
     cell: Cell,
     layers: Sequence[Params],
@@ -136,15 +171,24 @@ def run_stack(
     time_major: bool = False,
     unroll: int = 1,
     impl: str = "scan",
+    mesh: Mesh | None = None,
+    mesh_axis: str = "data",
 ) -> tuple[tuple[Carry, ...], Array]:
     """L stacked layers. Dropout (rate `dropout_rate`, active only when an
     `rng` is given) sits on the non-recurrent connections *between* layers,
-    never on the carry, as in Zaremba, Sutskever & Vinyals 2014."""
+    never on the carry, as in Zaremba, Sutskever & Vinyals 2014.
+
+    With a `mesh` of more than one device, every layer runs on each device's
+    own rows (`rows_per_device`); the batch must split evenly over
+    `mesh_axis`. Dropout masks are drawn outside, for the whole batch, so the
+    result does not depend on the number of devices."""
     if len(carries) != len(layers):
         raise ValueError(f"got {len(carries)} carries for {len(layers)} layers")
     xs = to_time_major(inputs, time_major)
     reset = to_time_major(reset, time_major)
     layer_fn = get_layer_impl(impl)
+    if mesh is not None and mesh.shape[mesh_axis] > 1:
+        layer_fn = rows_per_device(layer_fn, mesh, mesh_axis)
     new_carries = []
     for i, (params, carry) in enumerate(zip(layers, carries, strict=True)):
         if i > 0:

@@ -163,7 +163,7 @@ def make_train_step(
 
     def loss_fn(params, carry, batch, rng):
         logits, carry = model.apply(
-            params, batch.inputs, carry, reset=batch.reset, train=True, rng=rng
+            params, batch.inputs, carry, reset=batch.reset, train=True, rng=rng, mesh=mesh
         )
         total, count = masked_nll(logits, batch.targets, batch.mask)
         return total / jnp.maximum(count, 1.0), carry
@@ -204,7 +204,7 @@ def make_eval_step(model: LanguageModel, mesh: Mesh | None = None) -> Callable:
     rows split over devices and the sums are global."""
 
     def eval_step(params, carry, batch: batching.Batch):
-        logits, carry = model.apply(params, batch.inputs, carry, reset=batch.reset)
+        logits, carry = model.apply(params, batch.inputs, carry, reset=batch.reset, mesh=mesh)
         total, count = masked_nll(logits, batch.targets, batch.mask)
         return total, count, carry
 
@@ -547,10 +547,12 @@ flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_process
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    parallel.initialize(  # before any JAX computation
+    config = FLAGS.config
+    par = config.get("parallel", config_lib.base_config().parallel)
+    parallel.use_cpu_devices(par.cpu_devices)  # before any JAX computation
+    parallel.initialize(
         FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
-    config = FLAGS.config
     config_file = config_flags.get_config_filename(FLAGS["config"])
     workdir = FLAGS.workdir or f"workdirs/{pathlib.Path(config_file.split(':')[0]).stem}"
     summary = train_and_evaluate(config, workdir)

@@ -161,6 +161,101 @@ def test_eight_devices_equal_one_device(reference, tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# One process, 2 CPU devices from parallel.use_cpu_devices: the recurrence split
+# by rows (recurrent.rows_per_device) against the same stack on one device.
+
+ROWS_PER_DEVICE = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from lstm_jax import parallel, recurrent
+    from lstm_jax.cells import make_cell
+
+    parallel.use_cpu_devices(2)
+    jax.config.update("jax_enable_x64", True)  # compare the math, not fp32 rounding
+    mesh = parallel.data_mesh()
+    out = {"devices": jax.device_count(), "diffs": {}}
+    T, B, D, H = 7, 4, 3, 5
+    k = jax.random.split(jax.random.key(0), 6)
+    xs = jax.random.normal(k[0], (B, T, D), jnp.float64)
+    reset = jax.random.bernoulli(k[1], 0.3, (B, T))
+    for name in ("lstm", "gru", "rnn_tanh"):
+        cell = make_cell(name)
+        layers = jax.tree.map(
+            lambda a: a.astype(jnp.float64), recurrent.init_stack(k[2], cell, D, H, 3)
+        )
+        carries = jax.tree.map(  # a carried (non-zero) state into every layer
+            lambda c: jax.random.normal(k[3], c.shape, jnp.float64),
+            recurrent.zero_stack_carry(cell, 3, B, H),
+        )
+        cot = jax.random.normal(k[4], (B, T, H), jnp.float64)
+        for impl in ("scan", "fused"):
+            def loss(layers, xs, carries, mesh):
+                c, hs = recurrent.run_stack(cell, layers, xs, carries, reset, dropout_rate=0.3,
+                                            rng=k[5], impl=impl, mesh=mesh)
+                return jnp.sum(hs * cot) + sum(jnp.sum(x) for x in jax.tree.leaves(c)), hs
+            grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+            (l1, h1), g1 = jax.jit(lambda *a: grad(*a, None))(layers, xs, carries)
+            (l2, h2), g2 = jax.jit(lambda *a: grad(*a, mesh))(layers, xs, carries)
+            diffs = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+                jax.tree.leaves((l1, h1, g1)), jax.tree.leaves((l2, h2, g2)), strict=True)]
+            out["diffs"][f"{name}/{impl}"] = max(diffs)
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+def test_rows_per_device_equals_one_device():
+    """3 layers, resets, carried state, dropout: values and every gradient."""
+    out = subprocess.run(
+        [sys.executable, "-c", ROWS_PER_DEVICE],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert result["devices"] == 2
+    assert set(result["diffs"]) == {
+        f"{c}/{i}" for c in ("lstm", "gru", "rnn_tanh") for i in ("scan", "fused")
+    }
+    for case, diff in result["diffs"].items():
+        assert diff < 1e-10, f"{case}: 2 devices differ from 1 by {diff}"
+
+
+def test_cpu_devices_config_splits_the_batch(reference, tmp_path):
+    """`--config.parallel.cpu_devices=2`: a 2-device mesh in one process, same run."""
+    wd = tmp_path / "wd"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lstm_jax.train",
+            "--config",
+            "configs/dnd.py:smoke",
+            "--workdir",
+            str(wd),
+            *cli_overrides(**{"parallel.cpu_devices": 2}),
+        ],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "1 process(es) x 2 cpu device(s) = 2" in out.stdout + out.stderr
+    assert_same_run(wd, reference, range(1, STEPS + 1))
+
+
+def test_cpu_devices_must_not_be_negative():
+    with pytest.raises(ValueError, match="parallel.cpu_devices must be >= 0"):
+        train.config_lib.validate(smoke_config(**{"parallel.cpu_devices": -1}))
+
+
+# ---------------------------------------------------------------------------
 # Two processes (2 CPU devices each) on the real jax.distributed runtime.
 
 

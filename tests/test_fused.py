@@ -215,6 +215,14 @@ def test_bench_cli_and_json_rows():
         bench.parse_args(["--impls", "no_such_impl"])
     args = bench.parse_args(["--configs", "seeds", "--threads", "2,1", "--xla_option", "a=1"])
     assert args.threads == [2, 1] and args.compiler_options == {"a": 1}
+    args = bench.parse_args(["--impls", "scan,fused", "--cpu_devices", "2"])
+    assert args.impls == ["scan", "fused", "scan@2cpu", "fused@2cpu"]
+    assert bench.split_impl("fused@2cpu") == ("fused", 2)
+    assert bench.split_impl("fused") == ("fused", 1)
+    split = bench.Row("char_rnn", "fused@2cpu", bench.TRAIN_CONFIGS["char_rnn"])
+    assert bench.label(split) == "ours: fused (custom VJP), rows over 2 CPU devices"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cpu_devices", "-1"])
     seeds = bench.TRAIN_CONFIGS["seeds"]
     assert seeds.train_flops_per_token == pytest.approx(19.9e6, rel=0.01)
     ours = bench.Row("seeds", "fused", seeds, times=[0.5, 1.0, 0.75], cpu=[1.0, 1.0, 1.0])
