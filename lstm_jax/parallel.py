@@ -103,7 +103,7 @@ def use_cpu_devices(count: int) -> None:
 
     XLA:CPU runs a small per-step matmul and the elementwise gate math of a
     recurrent loop on one core; with one device per core the data mesh splits
-    the rows and every core runs its own loop (`recurrent.rows_per_device`).
+    the rows and every core runs its own loop (`recurrent.run_stack` with a mesh).
     Must run before the first JAX computation; GPU/TPU backends ignore it.
     """
     if count < 0:

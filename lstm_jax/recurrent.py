@@ -118,45 +118,85 @@ def zero_stack_carry(
     return tuple(cell.zero_carry(batch, hidden, dtype) for _ in range(num_layers))
 
 
-def dropout(x: Array, rate: float, rng: Array | None) -> Array:
-    """Inverted dropout; identity when `rate == 0` or `rng is None` (eval)."""
+def dropout_keep(rate: float, rng: Array | None, shape: tuple[int, ...]) -> Array | None:
+    """The keep mask of inverted dropout (None: dropout is off, rate 0 or eval)."""
     if rate == 0.0 or rng is None:
+        return None
+    return jax.random.bernoulli(rng, 1.0 - rate, shape)
+
+
+def apply_keep(x: Array, keep: Array | None, rate: float) -> Array:
+    """Zero the dropped units and scale the kept ones by 1 / (1 - rate)."""
+    if keep is None:
         return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
-def rows_per_device(layer_fn: Callable[..., tuple[Carry, Array]], mesh: Mesh, axis: str):
-    """`layer_fn` run by every device of `mesh` on its own rows (streams).
+def dropout(x: Array, rate: float, rng: Array | None) -> Array:
+    """Inverted dropout; identity when `rate == 0` or `rng is None` (eval)."""
+    return apply_keep(x, dropout_keep(rate, rng, x.shape), rate)
 
-    Streams are independent, so a layer splits over devices by rows with no
-    communication until the backward pass sums the weight gradients (the
-    transpose of `shard_map` psums the cotangent of the replicated params).
-    Left to XLA's automatic partitioning (GSPMD), the sequential loop of a
-    small layer ran no faster on two CPU devices than on one; under
-    `shard_map` each device runs its own loop on its own core
-    (docs/performance.md: char-rnn train step 1.4-1.6x with two CPU devices).
 
-    `check_vma=False`: the custom-VJP loops of lstm_jax/fused.py do not annotate
-    which values vary across devices; the gradients are checked against one
-    device in tests/test_recurrent.py and tests/test_distributed.py.
+def _layer_rng(rng: Array | None, i: int) -> Array | None:
+    """The dropout key of layer i's input."""
+    return None if rng is None else jax.random.fold_in(rng, i)
+
+
+def _stack_time_major(
+    layer_fn: Callable[..., tuple[Carry, Array]],
+    cell: Cell,
+    layers: Sequence[Params],
+    xs: Array,  # [T, B, D]
+    carries: Sequence[Carry],
+    reset: Array | None,
+    keeps: Sequence[Array | None],  # one dropout keep mask per layer input after the first
+    rate: float,
+    unroll: int,
+) -> tuple[tuple[Carry, ...], Array]:
+    new_carries = []
+    for i, (params, carry) in enumerate(zip(layers, carries, strict=True)):
+        if i > 0:
+            xs = apply_keep(xs, keeps[i - 1], rate)
+        carry, xs = layer_fn(cell, params, xs, carry, reset, unroll=unroll)
+        new_carries.append(carry)
+    return tuple(new_carries), xs
+
+
+def _stack_rows_per_device(mesh: Mesh, axis: str, stack_fn: Callable, *args) -> Any:
+    """`stack_fn(layers, xs, carries, reset, keeps)` run by every device of
+    `mesh` on its own rows (streams).
+
+    Streams are independent, so the stack splits over devices by rows with no
+    communication in the forward pass; in the backward pass the transpose of
+    `shard_map` sums the replicated parameters' gradients, all layers' at one
+    point (one combined all-reduce rather than one per layer). Left to XLA's
+    automatic partitioning (GSPMD), the sequential loop of a small layer ran
+    no faster on two CPU devices than on one: XLA:CPU runs a small per-step
+    matmul and the gate math on one core. Here each device runs its own loop
+    on its own core (docs/performance.md).
+
+    `check_vma=False`: the custom-VJP loops of lstm_jax/fused.py do not
+    annotate which values vary across devices; the values and gradients are
+    checked against one device in tests/test_distributed.py.
     """
+    layers, xs, carries, reset, keeps = args
     rows = P(None, axis)  # time-major [T, B, ...]: rows are dimension 1
-    carry_rows = P(axis)  # carries [B, ...]
+    present = [reset is not None, *(k is not None for k in keeps)]
+    extra = [a for a, here in zip([reset, *keeps], present, strict=True) if here]
 
-    def run(cell, params, xs, carry, reset=None, *, unroll=1):
-        if reset is None:
-            body = lambda p, x, c: layer_fn(cell, p, x, c, None, unroll=unroll)  # noqa: E731
-            specs, args = (P(), rows, carry_rows), (params, xs, carry)
-        else:
-            body = lambda p, x, c, r: layer_fn(cell, p, x, c, r, unroll=unroll)  # noqa: E731
-            specs, args = (P(), rows, carry_rows, rows), (params, xs, carry, reset)
-        split = jax.shard_map(
-            body, mesh=mesh, in_specs=specs, out_specs=(carry_rows, rows), check_vma=False
-        )
-        return split(*args)
+    def local(layers, xs, carries, *extra_local):
+        it = iter(extra_local)
+        reset_l, *keeps_l = [next(it) if here else None for here in present]
+        return stack_fn(layers, xs, carries, reset_l, keeps_l)
 
-    return run
+    split = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(), rows, P(axis), *[rows] * len(extra)),
+        out_specs=(P(axis), rows),
+        check_vma=False,
+    )
+    return split(layers, xs, carries, *extra)
 
 
 def run_stack(
@@ -178,21 +218,28 @@ def run_stack(
     `rng` is given) sits on the non-recurrent connections *between* layers,
     never on the carry, as in Zaremba, Sutskever & Vinyals 2014.
 
-    With a `mesh` of more than one device, every layer runs on each device's
-    own rows (`rows_per_device`); the batch must split evenly over
+    With a `mesh` of more than one device, the stack runs on each device's own
+    rows (`_stack_rows_per_device`); the batch must split evenly over
     `mesh_axis`. Dropout masks are drawn outside, for the whole batch, so the
     result does not depend on the number of devices."""
     if len(carries) != len(layers):
         raise ValueError(f"got {len(carries)} carries for {len(layers)} layers")
     xs = to_time_major(inputs, time_major)
     reset = to_time_major(reset, time_major)
-    layer_fn = get_layer_impl(impl)
+    hidden = jax.tree.leaves(carries[0])[0].shape[-1]  # H, from the carry (h or (h, c))
+    keeps = [  # drawn for the whole batch, whatever the mesh
+        dropout_keep(dropout_rate, _layer_rng(rng, i), (*xs.shape[:2], hidden))
+        for i in range(1, len(layers))
+    ]
+
+    def stack_fn(layers, xs, carries, reset, keeps):
+        return _stack_time_major(
+            get_layer_impl(impl), cell, layers, xs, carries, reset, keeps, dropout_rate, unroll
+        )
+
+    args = (list(layers), xs, tuple(carries), reset, keeps)
     if mesh is not None and mesh.shape[mesh_axis] > 1:
-        layer_fn = rows_per_device(layer_fn, mesh, mesh_axis)
-    new_carries = []
-    for i, (params, carry) in enumerate(zip(layers, carries, strict=True)):
-        if i > 0:
-            xs = dropout(xs, dropout_rate, None if rng is None else jax.random.fold_in(rng, i))
-        carry, xs = layer_fn(cell, params, xs, carry, reset, unroll=unroll)
-        new_carries.append(carry)
-    return tuple(new_carries), from_time_major(xs, time_major)
+        new_carries, hs = _stack_rows_per_device(mesh, mesh_axis, stack_fn, *args)
+    else:
+        new_carries, hs = stack_fn(*args)
+    return tuple(new_carries), from_time_major(hs, time_major)

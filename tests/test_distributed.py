@@ -162,7 +162,7 @@ def test_eight_devices_equal_one_device(reference, tmp_path):
 
 # ---------------------------------------------------------------------------
 # One process, 2 CPU devices from parallel.use_cpu_devices: the recurrence split
-# by rows (recurrent.rows_per_device) against the same stack on one device.
+# by rows (recurrent.run_stack with a mesh) against the same stack on one device.
 
 ROWS_PER_DEVICE = textwrap.dedent(
     """
