@@ -60,6 +60,20 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_python(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """`python ARGS` from the project root on CPU (a fresh JAX), checked for success."""
+    out = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 def metrics(workdir: pathlib.Path) -> dict[int, dict]:
     rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows]
@@ -139,15 +153,10 @@ EIGHT_DEVICES = textwrap.dedent(
 
 
 def test_eight_devices_equal_one_device(reference, tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path)],
-        cwd=ROOT,
-        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-        capture_output=True,
-        text=True,
-        timeout=240,
+    out = run_python(
+        ["-c", EIGHT_DEVICES, str(tmp_path)],
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.split("RESULT ", 1)[1])
     assert result["devices"] == 8
     assert all(s == ["data"] for s in result["carry_specs"])  # carry split by rows
@@ -207,15 +216,7 @@ ROWS_PER_DEVICE = textwrap.dedent(
 
 def test_rows_per_device_equals_one_device():
     """3 layers, resets, carried state, dropout: values and every gradient."""
-    out = subprocess.run(
-        [sys.executable, "-c", ROWS_PER_DEVICE],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_python(["-c", ROWS_PER_DEVICE])
     result = json.loads(out.stdout.split("RESULT ", 1)[1])
     assert result["devices"] == 2
     assert set(result["diffs"]) == {
@@ -228,24 +229,10 @@ def test_rows_per_device_equals_one_device():
 def test_cpu_devices_config_splits_the_batch(reference, tmp_path):
     """`--config.parallel.cpu_devices=2`: a 2-device mesh in one process, same run."""
     wd = tmp_path / "wd"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lstm_jax.train",
-            "--config",
-            "configs/dnd.py:smoke",
-            "--workdir",
-            str(wd),
-            *cli_overrides(**{"parallel.cpu_devices": 2}),
-        ],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
+    out = run_python(
+        ["-m", "lstm_jax.train", "--config", "configs/dnd.py:smoke", "--workdir", str(wd)]
+        + cli_overrides(**{"parallel.cpu_devices": 2})
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     assert "1 process(es) x 2 cpu device(s) = 2" in out.stdout + out.stderr
     assert_same_run(wd, reference, range(1, STEPS + 1))
 
