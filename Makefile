@@ -41,5 +41,8 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# Every config, with PyTorch at 2 and 1 threads and our rows also split over 2
+# CPU devices; e.g. `make bench BENCH_ARGS="--configs char_rnn"` for a subset.
+BENCH_ARGS ?= --cpu_devices 2 --threads 2,1
 bench: setup torch-env
-	LSTM_JAX_TORCH_PYTHON=$$PWD/.venv-torch/bin/python $(PY) -m lstm_jax.bench
+	LSTM_JAX_TORCH_PYTHON=$$PWD/.venv-torch/bin/python $(PY) -m lstm_jax.bench $(BENCH_ARGS)
