@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel.per_device_batch_size = 0  # > 0: global batch = this x devices (sets batch_size)
     c.parallel.shard_optimizer_state = False  # split optimizer moments over devices (ZeRO-1)
     # CPU only: expose the host as this many devices (0 = JAX's default, one), so the
-    # batch splits over cores; each core runs its own rows' recurrence. 1.4-1.6x on
+    # batch splits over cores; each core runs its own rows' recurrence. ~1.4x on
     # char-rnn-sized models with 2 cores, slower for big readouts (docs/performance.md).
     c.parallel.cpu_devices = 0
 

@@ -162,7 +162,16 @@ def _stack_time_major(
     return tuple(new_carries), xs
 
 
-def _stack_rows_per_device(mesh: Mesh, axis: str, stack_fn: Callable, *args) -> Any:
+def _stack_rows_per_device(
+    mesh: Mesh,
+    axis: str,
+    stack_fn: Callable,
+    layers: Sequence[Params],
+    xs: Array,
+    carries: Sequence[Carry],
+    reset: Array | None,
+    keeps: Sequence[Array | None],
+) -> tuple[tuple[Carry, ...], Array]:
     """`stack_fn(layers, xs, carries, reset, keeps)` run by every device of
     `mesh` on its own rows (streams).
 
@@ -179,7 +188,6 @@ def _stack_rows_per_device(mesh: Mesh, axis: str, stack_fn: Callable, *args) -> 
     annotate which values vary across devices; the values and gradients are
     checked against one device in tests/test_distributed.py.
     """
-    layers, xs, carries, reset, keeps = args
     rows = P(None, axis)  # time-major [T, B, ...]: rows are dimension 1
     present = [reset is not None, *(k is not None for k in keeps)]
     extra = [a for a, here in zip([reset, *keeps], present, strict=True) if here]
@@ -226,6 +234,7 @@ def run_stack(
         raise ValueError(f"got {len(carries)} carries for {len(layers)} layers")
     xs = to_time_major(inputs, time_major)
     reset = to_time_major(reset, time_major)
+    layer_fn = get_layer_impl(impl)  # an unknown name fails here, before tracing a layer
     hidden = jax.tree.leaves(carries[0])[0].shape[-1]  # H, from the carry (h or (h, c))
     keeps = [  # drawn for the whole batch, whatever the mesh
         dropout_keep(dropout_rate, _layer_rng(rng, i), (*xs.shape[:2], hidden))
@@ -234,7 +243,7 @@ def run_stack(
 
     def stack_fn(layers, xs, carries, reset, keeps):
         return _stack_time_major(
-            get_layer_impl(impl), cell, layers, xs, carries, reset, keeps, dropout_rate, unroll
+            layer_fn, cell, layers, xs, carries, reset, keeps, dropout_rate, unroll
         )
 
     args = (list(layers), xs, tuple(carries), reset, keeps)
