@@ -43,8 +43,9 @@ def get_config(arg: str | None = None):
     c.optim.decay_after_epochs = 10
 
     # On a CPU host, split the 50 streams over 2 devices (one per core): each core
-    # runs its own rows' recurrence; same result, 600 steps in 18.9 s instead of
-    # 26.1 s on the 2-core dev machine. Ignored on GPU/TPU (docs/performance.md).
+    # runs its own rows' recurrence. The same math (equal up to float summation
+    # order); 600 steps in 18.9 s instead of 26.1 s on the 2-core dev machine.
+    # Ignored on GPU/TPU (docs/performance.md).
     c.parallel.cpu_devices = 2
 
     if arg == "smoke":
