@@ -23,6 +23,12 @@ other, never concurrently, so they do not fight for the cores):
   With several thread counts, "vs PyTorch" is against the fastest torch row:
   on a machine shared with other jobs, 2 OpenMP threads can be far slower
   than 1.
+- allocator: this process keeps freed memory between steps
+  (`host.retain_freed_memory()`, as `python -m lstm_jax.train` does;
+  `--malloc default` for glibc's defaults). That setting speeds PyTorch up
+  too, so its train rows run both as shipped and with the same settings
+  (`--torch_malloc`, rows "..., freed memory retained"), and "vs PyTorch" is
+  against the fastest of them.
 - tokens/CPU-s: tokens per CPU-second of the process (all threads): the work
   done, which other processes' load does not stretch the way it does wall time.
 - compile: seconds of `jit(...).lower(...).compile()` (torch: the first step).
@@ -61,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lstm_jax import parallel
+from lstm_jax import host, parallel
 from lstm_jax.model import LanguageModel, LMConfig
 
 TORCH_SCRIPT = pathlib.Path(__file__).with_name("bench_torch.py")
@@ -107,6 +113,7 @@ CELL_TYPES = ("lstm", "gru", "rnn_tanh")
 ALL_CONFIGS = (*TRAIN_CONFIGS, "sample", "long_seq", "cells")
 OUR_IMPLS = ("scan", "fused")
 PEERS = ("torch", "flax_lstm", "flax_optimized")
+MALLOC_MODES = ("default", "retain")  # glibc's defaults, or host.retain_freed_memory()
 LABELS = {
     "scan": "ours: lax.scan (reference)",
     "fused": "ours: fused (custom VJP)",
@@ -336,14 +343,17 @@ def torch_python() -> str | None:
     return os.environ.get("LSTM_JAX_TORCH_PYTHON") or None
 
 
-def run_torch(job: dict[str, Any]) -> dict[str, Any]:
-    """One job in torch's interpreter; returns its JSON result."""
+def run_torch(job: dict[str, Any], malloc: str = "default") -> dict[str, Any]:
+    """One job in torch's interpreter, with glibc's default allocator settings
+    or ("retain") those of `host.retain_freed_memory`; returns its JSON result."""
+    env = {**os.environ, **(host.malloc_env() if malloc == "retain" else {})}
     out = subprocess.run(
         [torch_python(), str(TORCH_SCRIPT), json.dumps(job)],
         check=True,
         capture_output=True,
         text=True,
         timeout=3600,
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -369,8 +379,9 @@ def bench_train(
         trainer.run(args.warmup)
         rows[key] = Row(name, key, shape, compile_s=trainer.compile_s, peak_mib=trainer.peak_mib)
     torch_threads = args.threads if ("torch" in peers and torch_python()) else []
-    for th in torch_threads:
-        key = torch_impl(th, args.threads)
+    torch_runs = [(th, m) for m in args.torch_malloc for th in torch_threads]
+    for th, malloc in torch_runs:
+        key = torch_impl(th, args.threads, malloc)
         rows[key] = Row(name, key, shape, peak_mib=0.0)
     for _ in range(args.rounds):  # cycle, so that load spikes hit every row
         for key, trainer in trainers.items():
@@ -378,23 +389,25 @@ def bench_train(
             times, cpu = trainer.run(args.steps)
             rows[key].times += times
             rows[key].cpu += cpu
-        for th in torch_threads:
+        for th, malloc in torch_runs:
             job = {"kind": "train", **dataclasses.asdict(shape), "threads": th}
-            res = run_torch({**job, "warmup": args.warmup, "steps": args.steps})
-            r = rows[torch_impl(th, args.threads)]
+            res = run_torch({**job, "warmup": args.warmup, "steps": args.steps}, malloc)
+            r = rows[torch_impl(th, args.threads, malloc)]
             r.times += res["times"]
             r.cpu += res["cpu"]
             r.compile_s = res["first_step_s"]
             r.peak_mib = max(r.peak_mib, res["peak_mib"])
-            r.note = f"{th} threads"
+            r.note = f"{th} threads" + (", freed memory retained" if malloc == "retain" else "")
     del trainers
     return list(rows.values())
 
 
-def torch_impl(threads: int, all_threads: list[int]) -> str:
+def torch_impl(threads: int, all_threads: list[int], malloc: str = "default") -> str:
     """Row name of the torch peer: "torch" for the first --threads value (2 by
-    default, as specified), "torch_<n>t" for any other thread count."""
-    return "torch" if threads == all_threads[0] else f"torch_{threads}t"
+    default, as specified), "torch_<n>t" for any other thread count; with
+    "_retain" appended when run with `host.malloc_env()`."""
+    name = "torch" if threads == all_threads[0] else f"torch_{threads}t"
+    return name if malloc == "default" else f"{name}_retain"
 
 
 def _our_sampler(shape: Shape) -> Callable[[jax.Array], Any]:
@@ -442,7 +455,7 @@ def bench_sample(peers: list[str], args: argparse.Namespace) -> list[Row]:
                 ours.cpu.append(cpu_seconds() - c0)
             for th, row in torch_rows.items():
                 job = {"kind": "sample", **dataclasses.asdict(shape), "threads": th}
-                res = run_torch({**job, "steps": max(3, args.steps // 3)})
+                res = run_torch({**job, "steps": max(3, args.steps // 3)}, args.malloc)
                 row.times += res["times"]
                 row.cpu += res["cpu"]
         rows += [ours, *torch_rows.values()]
@@ -615,7 +628,8 @@ def machine_notes(args: argparse.Namespace) -> list[str]:
     notes = [
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
         f"jax {jax.__version__} on {jax.default_backend()}; "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; allocator: {args.malloc} "
+        f"(PyTorch train rows: {', '.join(args.torch_malloc)})",
         f"{args.warmup} warm-up steps, {args.rounds} rounds x {args.steps} timed steps; "
         f"XLA compiler options: {args.compiler_options or 'defaults'}",
         f"load average at the end: {' '.join(_loadavg())} (other processes share the cores)",
@@ -665,6 +679,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run each --impls row with the batch split over this many CPU devices "
         "(parallel.use_cpu_devices; the rows are named e.g. fused@2cpu); 0 = no such rows",
     )
+    p.add_argument(
+        "--malloc",
+        choices=MALLOC_MODES,
+        default="retain",
+        help="this process's allocator: 'retain' = host.retain_freed_memory() (as "
+        "python -m lstm_jax.train does), 'default' = glibc's defaults",
+    )
+    p.add_argument(
+        "--torch_malloc",
+        default=",".join(MALLOC_MODES),
+        help="PyTorch train rows with each of these allocator settings (comma-separated); "
+        "'vs PyTorch (best row)' is against the fastest of all",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per row, no table")
     args = p.parse_args(argv)
     for field, valid in (("configs", ALL_CONFIGS), ("peers", PEERS)):
@@ -676,6 +703,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from lstm_jax import recurrent  # the registry of layer implementations
 
     args.threads = [int(t) for t in args.threads.split(",") if t]
+    args.torch_malloc = [m for m in args.torch_malloc.split(",") if m]
+    bad = sorted(set(args.torch_malloc) - set(MALLOC_MODES))
+    if bad or not args.torch_malloc:
+        p.error(f"--torch_malloc: unknown {bad}; choose from {list(MALLOC_MODES)}")
     args.compiler_options = dict(_parse_option(o) for o in args.xla_option) or None
     args.impls = [i for i in args.impls.split(",") if i]
     bad = sorted(set(args.impls) - set(recurrent.LAYER_IMPLS))
@@ -690,6 +721,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.malloc == "retain":
+        host.retain_freed_memory()  # before JAX starts its threads
     if args.cpu_devices > 1:
         parallel.use_cpu_devices(args.cpu_devices)  # before the first JAX computation
     rows: list[Row] = []

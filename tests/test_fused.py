@@ -232,6 +232,17 @@ def test_bench_cli_and_json_rows():
     assert {"config", "impl", "tokens_per_s", *shape_keys} <= row.keys()
     assert row["tokens_per_s"] == pytest.approx(6400 / 0.75, abs=0.1)  # median step
     assert row["ratios"]["vs_torch"] == pytest.approx(2.0)
+    # PyTorch also runs with freed memory retained; "best row" takes the faster.
+    args = bench.parse_args(["--threads", "2,1", "--torch_malloc", "retain"])
+    assert args.torch_malloc == ["retain"] and args.malloc == "retain"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--torch_malloc", "jemalloc"])
+    assert bench.torch_impl(2, [2, 1], "retain") == "torch_retain"
+    assert bench.torch_impl(1, [2, 1], "default") == "torch_1t"
+    fast = bench.Row("seeds", "torch_retain", seeds, times=[0.5, 0.5, 0.5], cpu=[1.0] * 3)
+    both = bench.ratios(ours, [ours, peer, fast])
+    assert both["vs_torch"] == pytest.approx(2.0)
+    assert both["vs_torch_best"] == pytest.approx(2 / 3)
 
 
 def test_unknown_cell_falls_back_to_the_reference_scan():
