@@ -113,6 +113,7 @@ CELL_TYPES = ("lstm", "gru", "rnn_tanh")
 ALL_CONFIGS = (*TRAIN_CONFIGS, "sample", "long_seq", "cells")
 OUR_IMPLS = ("scan", "fused")
 PEERS = ("torch", "flax_lstm", "flax_optimized")
+DOTS_LABELS = {"onednn": "oneDNN dots"}
 MALLOC_MODES = ("default", "retain")  # glibc's defaults, or host.retain_freed_memory()
 LABELS = {
     "scan": "ours: lax.scan (reference)",
@@ -282,17 +283,20 @@ def _tokens(shape: Shape) -> jax.Array:
     return jax.random.randint(jax.random.key(1), (shape.batch, shape.seq), 0, shape.vocab)
 
 
-def split_impl(impl: str) -> tuple[str, int]:
-    """ "fused@2cpu" -> ("fused", 2): a layer implementation run with the batch
-    split over 2 CPU devices (`--cpu_devices`); "fused" -> ("fused", 1)."""
+def split_impl(impl: str) -> tuple[str, int, str]:
+    """ "fused+onednn@2cpu" -> ("fused", 2, "onednn"): a layer implementation run
+    with the batch split over 2 CPU devices (`--cpu_devices`) and XLA:CPU's dots
+    from host.CPU_DOT_LIBRARIES (`--cpu_dots`); "fused" -> ("fused", 1, "default")."""
     name, _, devices = impl.partition("@")
-    return name, int(devices.removesuffix("cpu")) if devices else 1
+    name, _, dots = name.partition("+")
+    return name, int(devices.removesuffix("cpu")) if devices else 1, dots or "default"
 
 
 def ours_trainer(
     shape: Shape, impl: str, compiler_options: dict[str, Any] | None = None, cell: str = "lstm"
 ) -> JaxTrainer:
-    impl, devices = split_impl(impl)
+    impl, devices, dots = split_impl(impl)
+    compiler_options = {**(compiler_options or {}), **host.cpu_compiler_options(dots)}
     mesh = parallel.data_mesh(jax.devices()[:devices]) if devices > 1 else None
     model = LanguageModel(
         LMConfig(
@@ -528,10 +532,13 @@ def ratios(row: Row, rows: list[Row]) -> dict[str, float]:
 def label(r: Row) -> str:
     if r.impl.startswith("torch"):
         return f"PyTorch nn.LSTM ({r.note})" if r.config != "sample" else f"PyTorch ({r.note})"
-    impl, devices = split_impl(r.impl)
+    impl, devices, dots = split_impl(r.impl)
+    text = LABELS.get(impl, impl)
+    if dots != "default":
+        text += f", {DOTS_LABELS.get(dots, dots)}"
     if devices > 1:
-        return f"{LABELS.get(impl, impl)}, rows over {devices} CPU devices"
-    return LABELS.get(r.impl, r.impl)
+        text += f", rows over {devices} CPU devices"
+    return text
 
 
 def _fmt_ratio(r: float | None) -> str:
@@ -692,6 +699,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="PyTorch train rows with each of these allocator settings (comma-separated); "
         "'vs PyTorch (best row)' is against the fastest of all",
     )
+    p.add_argument(
+        "--cpu_dots",
+        default="",
+        help="also run each --impls row with these XLA:CPU dot libraries (comma-separated "
+        "names in host.CPU_DOT_LIBRARIES, as train.cpu_dots; rows named e.g. fused+onednn)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per row, no table")
     args = p.parse_args(argv)
     for field, valid in (("configs", ALL_CONFIGS), ("peers", PEERS)):
@@ -714,6 +727,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown impls {bad}; valid: {sorted(recurrent.LAYER_IMPLS)}")
     if args.cpu_devices < 0:
         p.error(f"--cpu_devices must be >= 0, got {args.cpu_devices}")
+    dots = [d for d in args.cpu_dots.split(",") if d and d != "default"]
+    bad = sorted(set(dots) - set(host.CPU_DOT_LIBRARIES))
+    if bad:
+        p.error(f"unknown cpu_dots {bad}; valid: {sorted(host.CPU_DOT_LIBRARIES)}")
+    args.impls += [f"{impl}+{d}" for d in dots for impl in args.impls]
     if args.cpu_devices > 1:
         args.impls += [f"{impl}@{args.cpu_devices}cpu" for impl in args.impls]
     return args

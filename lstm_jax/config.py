@@ -14,7 +14,7 @@ import difflib
 import ml_collections
 from ml_collections import config_dict
 
-from lstm_jax import cells, optim
+from lstm_jax import cells, host, optim
 
 TOKENIZERS = ("char", "word")
 BATCHING_MODES = ("streams", "windows")
@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.sample_length = 0  # tokens sampled at each evaluation (0 = off)
     c.train.sample_prime = ""  # prime text for those samples ("" = record start)
     c.train.progress = True  # show a progress bar
+    # XLA:CPU's matmul library for the train/eval steps: "default" (XLA's choice)
+    # or "onednn" (1.17x on Zaremba small, ~1x elsewhere; lstm_jax/host.py).
+    c.train.cpu_dots = "default"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"  # a name in lstm_jax.optim.OPTIMIZERS
@@ -133,5 +136,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if cpu_devices < 0:
         raise ValueError(
             f"parallel.cpu_devices must be >= 0 (0 = JAX's default), got {cpu_devices}"
+        )
+    cpu_dots = t.get("cpu_dots", "default")
+    if cpu_dots not in host.CPU_DOT_LIBRARIES:
+        raise ValueError(
+            f"unknown train.cpu_dots {cpu_dots!r}; valid: {sorted(host.CPU_DOT_LIBRARIES)}"
         )
     optim.validate(config.optim)

@@ -64,3 +64,31 @@ def retain_freed_memory() -> bool:
     if libc is None:
         return False
     return all(libc.mallopt(param, value) == 1 for param, _, value in _SETTINGS)
+
+
+# XLA:CPU compiler options by dot library, passed per compiled step (the train
+# and eval steps' `jax.jit(..., compiler_options=...)`), never process-wide.
+# "default": XLA's own choice (YNNPACK in jax 0.12). "onednn": matmuls through
+# oneDNN, YNNPACK kept for reductions only. Measured A/B in one process with
+# the fused LSTM (docs/performance.md): Zaremba small 1.17x, dnd and the
+# seeds' size 1.01x, char-rnn 0.97x, so it is a per-config choice.
+CPU_DOT_LIBRARIES: dict[str, dict[str, bool | str]] = {
+    "default": {},
+    "onednn": {
+        "xla_cpu_use_onednn": True,
+        "xla_cpu_experimental_onednn_custom_call": True,
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",
+    },
+}
+
+
+def cpu_compiler_options(dots: str, backend: str | None = None) -> dict[str, bool | str]:
+    """The compiler options for `dots` (a name in CPU_DOT_LIBRARIES) on the CPU
+    backend; {} on any other backend (`backend`: jax.default_backend())."""
+    if dots not in CPU_DOT_LIBRARIES:
+        raise ValueError(f"unknown CPU dot library {dots!r}; valid: {sorted(CPU_DOT_LIBRARIES)}")
+    if backend is None:
+        import jax  # here, so that retain_freed_memory() can run before JAX starts
+
+        backend = jax.default_backend()
+    return dict(CPU_DOT_LIBRARIES[dots]) if backend == "cpu" else {}

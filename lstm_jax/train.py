@@ -156,10 +156,12 @@ def make_train_step(
     learning_rate: Callable,
     mesh: Mesh | None = None,
     shardings: TrainState | None = None,
+    compiler_options: dict[str, Any] | None = None,
 ) -> Callable[[TrainState, batching.Batch], tuple[TrainState, dict]]:
     """The jitted step. With a `mesh` (and the state's `shardings`), the batch
     is split by rows over the devices and XLA all-reduces the gradients; the
-    loss is a mean over the global batch, so the result is the one-device step's."""
+    loss is a mean over the global batch, so the result is the one-device step's.
+    `compiler_options`: XLA options for this step (host.cpu_compiler_options)."""
 
     def loss_fn(params, carry, batch, rng):
         logits, carry = model.apply(
@@ -188,18 +190,24 @@ def make_train_step(
         }
         return new_state, metrics
 
+    options = compiler_options or None
     if mesh is None:
-        return jax.jit(train_step, donate_argnums=0)
+        return jax.jit(train_step, donate_argnums=0, compiler_options=options)
     rows, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     return jax.jit(
         train_step,
         in_shardings=(shardings, rows),
         out_shardings=(shardings, rep),
         donate_argnums=0,
+        compiler_options=options,
     )
 
 
-def make_eval_step(model: LanguageModel, mesh: Mesh | None = None) -> Callable:
+def make_eval_step(
+    model: LanguageModel,
+    mesh: Mesh | None = None,
+    compiler_options: dict[str, Any] | None = None,
+) -> Callable:
     """(params, carry, batch) -> (sum of nll, token count, carry); with a `mesh`,
     rows split over devices and the sums are global."""
 
@@ -208,10 +216,16 @@ def make_eval_step(model: LanguageModel, mesh: Mesh | None = None) -> Callable:
         total, count = masked_nll(logits, batch.targets, batch.mask)
         return total, count, carry
 
+    options = compiler_options or None
     if mesh is None:
-        return jax.jit(eval_step)
+        return jax.jit(eval_step, compiler_options=options)
     rows, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    return jax.jit(eval_step, in_shardings=(rep, rows, rows), out_shardings=(rep, rep, rows))
+    return jax.jit(
+        eval_step,
+        in_shardings=(rep, rows, rows),
+        out_shardings=(rep, rep, rows),
+        compiler_options=options,
+    )
 
 
 def evaluate(
@@ -343,8 +357,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Train (or resume) in `workdir`; returns a summary of the run."""
     config_lib.validate(config)
     mesh = parallel.data_mesh()
-    if FLAGS.retain_freed_memory:
-        host.retain_freed_memory()  # before JAX starts its threads
     par = config.get("parallel", config_lib.base_config().parallel)
     cpu = jax.default_backend() == "cpu"
     if cpu and par.cpu_devices and jax.local_device_count() != par.cpu_devices:
@@ -435,14 +447,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if mesh.devices.size > 1:
         progress.write(parallel.describe(mesh, t.batch_size))
 
+    compiler_options = host.cpu_compiler_options(t.get("cpu_dots", "default"))
     train_step = make_train_step(
         model,
         optimizer,
         lambda step, s: optim.current_learning_rate(config.optim, schedule, step, s),
         mesh,
         shardings,
+        compiler_options,
     )
-    eval_step = make_eval_step(model, mesh)
+    eval_step = make_eval_step(model, mesh, compiler_options)
 
     def run_eval() -> float:
         return evaluate(
@@ -565,6 +579,8 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     config = FLAGS.config
+    if FLAGS.retain_freed_memory:
+        host.retain_freed_memory()  # before JAX starts its threads
     par = config.get("parallel", config_lib.base_config().parallel)
     parallel.use_cpu_devices(par.cpu_devices)  # before any JAX computation
     parallel.initialize(

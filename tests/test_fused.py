@@ -217,8 +217,15 @@ def test_bench_cli_and_json_rows():
     assert args.threads == [2, 1] and args.compiler_options == {"a": 1}
     args = bench.parse_args(["--impls", "scan,fused", "--cpu_devices", "2"])
     assert args.impls == ["scan", "fused", "scan@2cpu", "fused@2cpu"]
-    assert bench.split_impl("fused@2cpu") == ("fused", 2)
-    assert bench.split_impl("fused") == ("fused", 1)
+    assert bench.split_impl("fused@2cpu") == ("fused", 2, "default")
+    assert bench.split_impl("fused") == ("fused", 1, "default")
+    assert bench.split_impl("fused+onednn@2cpu") == ("fused", 2, "onednn")
+    args = bench.parse_args(["--impls", "fused", "--cpu_dots", "onednn", "--cpu_devices", "2"])
+    assert args.impls == ["fused", "fused+onednn", "fused@2cpu", "fused+onednn@2cpu"]
+    both = bench.Row("zaremba_small", "fused+onednn@2cpu", bench.TRAIN_CONFIGS["zaremba_small"])
+    assert bench.label(both) == "ours: fused (custom VJP), oneDNN dots, rows over 2 CPU devices"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cpu_dots", "mkl"])
     split = bench.Row("char_rnn", "fused@2cpu", bench.TRAIN_CONFIGS["char_rnn"])
     assert bench.label(split) == "ours: fused (custom VJP), rows over 2 CPU devices"
     with pytest.raises(SystemExit):

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from lstm_jax import checkpoint, optim, train
+from lstm_jax import checkpoint, host, optim, train
 from lstm_jax import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -90,6 +90,23 @@ def test_training_learns(tmp_path, story):
     c.data.path = str(story)
     summary = train.train_and_evaluate(c, str(tmp_path / "wd"))
     assert summary["val_loss"] < 0.6 * summary["unigram_val_loss"]
+
+
+def test_onednn_dots_train_the_same_model(tmp_path):
+    """train.cpu_dots="onednn" changes only the matmul library XLA:CPU calls:
+    the same losses as the default, up to float summation order."""
+    runs = {}
+    for dots in ("default", "onednn"):
+        c = smoke("dnd:smoke", train__num_steps=10, train__cpu_dots=dots, model__dropout=0.0)
+        summary = train.train_and_evaluate(c, str(tmp_path / dots))
+        lines = (tmp_path / dots / "metrics.jsonl").read_text().splitlines()
+        runs[dots] = [json.loads(x)["train_loss"] for x in lines], summary["val_loss"]
+    (losses, val), (onednn_losses, onednn_val) = runs["default"], runs["onednn"]
+    assert len(losses) == 2 and losses[-1] < losses[0]
+    np.testing.assert_allclose(onednn_losses, losses, rtol=1e-4)
+    np.testing.assert_allclose(onednn_val, val, rtol=1e-4)
+    assert host.cpu_compiler_options("onednn", backend="gpu") == {}
+    assert host.cpu_compiler_options("onednn", backend="cpu")["xla_cpu_use_onednn"]
 
 
 def test_exact_resume_is_bitwise(tmp_path):
@@ -173,6 +190,11 @@ def test_sigterm_saves_and_rerun_resumes(tmp_path):
         ),
         (dict(data__corpus="wiki"), ValueError, r"unknown corpus 'wiki'.*dnd_spells"),
         (dict(data__tokenizer="bpe"), ValueError, r"unknown tokenizer 'bpe'"),
+        (
+            dict(train__cpu_dots="mkl"),
+            ValueError,
+            r"unknown train.cpu_dots 'mkl'; valid: \['default', 'onednn'\]",
+        ),
     ],
 )
 def test_bad_config_values(overrides, error, message, tmp_path):
