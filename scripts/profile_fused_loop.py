@@ -1,0 +1,130 @@
+"""Where the "fused" LSTM's time goes on CPU: per loop step, and per train step.
+
+    .venv/bin/python scripts/profile_fused_loop.py                 # seeds' size
+    .venv/bin/python scripts/profile_fused_loop.py --shape 50,50,64,128,2
+    taskset -c 0 .venv/bin/python scripts/profile_fused_loop.py    # one core
+
+Prints, per time step of one layer, the bare recurrent matmul in a loop
+(forward h @ W_h, backward dz @ W_h^T) against the forward and backward loops
+of `lstm_jax.fused` (matmul + gate math + buffer reads and stores): the
+difference is the loop's non-matmul work. Then the benchmark's whole train
+step (embedding, stack, readout, cross-entropy, clip, Adam; vocab 65) against
+the recurrent stack alone (forward + backward of sum(outputs)), the same pair
+that scripts/torch_lstm_backends.py times for PyTorch. Every figure is the
+median over --rounds rounds that call each measured function once in turn, so
+a change in the machine's load hits all of them alike. Freed memory is
+retained, as in `python -m lstm_jax.train`.
+"""
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstm_jax import bench, fused, host
+from lstm_jax.cells import LSTMCarry, make_cell
+
+
+def interleaved_medians(fns: dict[str, Callable], rounds: int) -> dict[str, float]:
+    """Median seconds of each fn, timed one after the other in every round."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())  # compile and warm up
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def matmul_loop(t: int):
+    """t dependent [B, K] @ [K, N] products, as a recurrence issues them."""
+
+    def run(x, w):
+        def body(_, carry):
+            out = carry @ w  # fold a sliver back in, so each product waits for the last
+            k = min(out.shape[1], carry.shape[1])
+            return carry.at[:, :k].add(1e-9 * out[:, :k])
+
+        return jax.lax.fori_loop(0, t, body, x)
+
+    return jax.jit(run)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", default="100,64,64,512,2", help="T,B,E,H,layers")
+    p.add_argument("--rounds", type=int, default=15)
+    args = p.parse_args()
+    host.retain_freed_memory()
+    t, b, e, h, layers = (int(v) for v in args.shape.split(","))
+    rng = np.random.default_rng(0)
+
+    def normal(*shape, scale=0.05):
+        return jnp.asarray(rng.standard_normal(shape, np.float32) * scale)
+
+    # One layer's loops, with the forward's residuals fed to the backward.
+    rec = {"w_h": normal(h, 4 * h), "b": jnp.zeros(4 * h)}
+    x_proj = normal(t, b, 4 * h, scale=1.0)
+    carry = (jnp.zeros((b, h)), jnp.zeros((b, h)))
+    fwd = jax.jit(lambda rec, xp, c: fused._lstm_fwd(rec, xp, c, None, 1, None))
+    final, hs, res = fwd(rec, x_proj, carry)
+    d_hs = normal(t, b, h, scale=1.0)
+    bwd = jax.jit(lambda rec, c, res, d, dhs: fused._lstm_bwd(rec, c, None, res, d, dhs, 1, None))
+    dw_h = jax.jit(lambda hp, dz: fused._weight_grad(hp, dz, None))
+    mm_loop, w_ht = matmul_loop(t), rec["w_h"].T
+    m = interleaved_medians(
+        {
+            "mm_f": lambda: mm_loop(jnp.ones((b, h)), rec["w_h"]),
+            "loop_f": lambda: fwd(rec, x_proj, carry),
+            "mm_b": lambda: mm_loop(jnp.ones((b, 4 * h)), w_ht),
+            "loop_b": lambda: bwd(rec, carry, res, final, d_hs),
+            "dw_h": lambda: dw_h(hs, res[2]),
+        },
+        args.rounds,
+    )
+    us, gflop = 1e6 / t, 2 * b * h * 4 * h * t / 1e9
+    loop_b = m["loop_b"] - m["dw_h"]
+    print(f"one layer, B={b} H={h} T={t}, per step (us):")
+    print(
+        f"  forward : matmul {m['mm_f'] * us:5.0f} ({gflop / m['mm_f']:.0f} GFLOP/s), "
+        f"loop {m['loop_f'] * us:5.0f}, non-matmul {(m['loop_f'] - m['mm_f']) * us:4.0f}"
+    )
+    print(
+        f"  backward: matmul {m['mm_b'] * us:5.0f} ({gflop / m['mm_b']:.0f} GFLOP/s), "
+        f"loop {loop_b * us:5.0f}, non-matmul {(loop_b - m['mm_b']) * us:4.0f}; "
+        f"then dW_h {m['dw_h'] * 1e3:.1f} ms ({gflop / m['dw_h']:.0f} GFLOP/s)"
+    )
+
+    # The whole stack alone, and the benchmark's train step around it.
+    cell = make_cell("lstm")
+    params = [
+        {"w_x": normal(e if i == 0 else h, 4 * h), "w_h": normal(h, 4 * h), "b": jnp.zeros(4 * h)}
+        for i in range(layers)
+    ]
+    xs = normal(t, b, e, scale=1.0)
+    zero = LSTMCarry(jnp.zeros((b, h)), jnp.zeros((b, h)))
+
+    def stack_sum(params, xs):
+        for p_layer in params:
+            _, xs = fused.fused_layer_time_major(cell, p_layer, xs, zero)
+        return jnp.sum(xs)
+
+    grad = jax.jit(jax.grad(stack_sum, argnums=(0, 1)))
+    trainer = bench.ours_trainer(bench.Shape(65, e, h, layers, b, t), "fused")
+    m = interleaved_medians(
+        {"step": lambda: trainer.run(1), "stack": lambda: grad(params, xs)}, args.rounds
+    )
+    print(
+        f"T,B,E,H,L={args.shape}: train step {m['step'] * 1e3:.0f} ms, "
+        f"stack fwd+bwd {m['stack'] * 1e3:.0f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
