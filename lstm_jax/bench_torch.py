@@ -78,7 +78,9 @@ class LM(nn.Module):
         return self.out(y), state
 
 
-def train(job: dict) -> dict:
+def make_train_step(job: dict):
+    """The benchmark's PyTorch train step on a fixed random batch: embedding,
+    nn.LSTM, readout, mean cross-entropy, backward, clip_grad_norm_(5), Adam."""
     v, b, t = job["vocab"], job["batch"], job["seq"]
     model = LM(v, job["embed"], job["hidden"], job["layers"])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -86,7 +88,6 @@ def train(job: dict) -> dict:
     x = torch.randint(0, v, (b, t), generator=gen)
     y = torch.roll(x, -1, dims=1)
     loss_fn = nn.CrossEntropyLoss()
-    rss0 = _reset_peak_rss()
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -97,6 +98,12 @@ def train(job: dict) -> dict:
         opt.step()
         return loss.item()  # syncs, like block_until_ready on the JAX side
 
+    return step
+
+
+def train(job: dict) -> dict:
+    step = make_train_step(job)
+    rss0 = _reset_peak_rss()
     t0 = time.perf_counter()
     step()
     first = time.perf_counter() - t0

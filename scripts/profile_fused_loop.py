@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax import bench, fused, host
-from lstm_jax.cells import LSTMCarry, make_cell
+from lstm_jax import bench, fused, host, recurrent
+from lstm_jax.cells import make_cell
 
 
 def interleaved_medians(fns: dict[str, Callable], rounds: int) -> dict[str, float]:
@@ -103,17 +103,13 @@ def main() -> None:
 
     # The whole stack alone, and the benchmark's train step around it.
     cell = make_cell("lstm")
-    params = [
-        {"w_x": normal(e if i == 0 else h, 4 * h), "w_h": normal(h, 4 * h), "b": jnp.zeros(4 * h)}
-        for i in range(layers)
-    ]
+    params = recurrent.init_stack(jax.random.key(0), cell, e, h, layers)
+    carries = recurrent.zero_stack_carry(cell, layers, b, h)
     xs = normal(t, b, e, scale=1.0)
-    zero = LSTMCarry(jnp.zeros((b, h)), jnp.zeros((b, h)))
 
     def stack_sum(params, xs):
-        for p_layer in params:
-            _, xs = fused.fused_layer_time_major(cell, p_layer, xs, zero)
-        return jnp.sum(xs)
+        _, hs = recurrent.run_stack(cell, params, xs, carries, time_major=True, impl="fused")
+        return jnp.sum(hs)
 
     grad = jax.jit(jax.grad(stack_sum, argnums=(0, 1)))
     trainer = bench.ours_trainer(bench.Shape(65, e, h, layers, b, t), "fused")

@@ -75,21 +75,8 @@ def main() -> None:
         f"GFLOP/s), backward {m['mm_b'] / t * 1e6:.0f} ({gflop / m['mm_b']:.0f} GFLOP/s)"
     )
 
-    vocab = 65
-    model = bench_torch.LM(vocab, e, h, layers)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    tokens = torch.randint(0, vocab, (b, t))
-    targets = torch.roll(tokens, -1, dims=1)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        logits, _ = model(tokens)
-        loss = loss_fn(logits.reshape(-1, vocab), targets.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        loss.item()
+    shape = {"vocab": 65, "embed": e, "hidden": h, "layers": layers, "batch": b, "seq": t}
+    train_step = bench_torch.make_train_step(shape)
 
     lstm = torch.nn.LSTM(e, h, layers, batch_first=True)
     xs = torch.randn(b, t, e, requires_grad=True)
