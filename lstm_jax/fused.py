@@ -43,8 +43,9 @@ and the registered names in `LAYER_IMPLS` fix common choices):
 Registered names (merged into `recurrent.LAYER_IMPLS`):
   "fused"        fp32, custom VJP (the fast default)
   "fused_remat"  + checkpointed chunks of ceil(sqrt(T)) steps (long sequences)
-  "fused_bf16"   + bf16 matmul operands (meant for GPUs; on an AMX-BF16 Xeon it
-                 was also ~1.5x faster at H=512, no faster at H=128)
+  "fused_bf16"   + bf16 matmul operands (meant for GPUs; on CPUs with bf16
+                 dot instructions, an AMX Xeon and an AVX512-BF16 Zen 4 EPYC,
+                 it was also 1.4-1.5x faster at H=512, no faster at H=128)
   "cudnn"        cuDNN LSTM on GPU, "fused" elsewhere
 """
 
