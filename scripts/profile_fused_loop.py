@@ -14,10 +14,11 @@ the recurrent stack alone (forward + backward of sum(outputs)), the same pair
 that scripts/torch_lstm_backends.py times for PyTorch. `--alternatives` adds
 two measured-and-dropped ideas (docs/performance.md): the loop's matmuls in a
 state-major layout (W^T [4H, H] @ h^T [H, B]), and whether XLA:CPU overlaps a
-layer's forward loop with an independent large GEMM in the same program. Every figure is the
-median over --rounds rounds that call each measured function once in turn, so
-a change in the machine's load hits all of them alike. Freed memory is
-retained, as in `python -m lstm_jax.train`.
+layer's forward loop with an independent large GEMM in the same program.
+
+Every figure is the median over --rounds rounds that call each measured
+function once in turn, so a change in the machine's load hits all of them
+alike. Freed memory is retained, as in `python -m lstm_jax.train`.
 """
 
 import argparse
