@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -n "$(PY312)" || { echo "error: need Python >= 3.12 (python3.12 on PATH or under pyenv)"; exit 1; }
 	$(PY312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,onednn]'
 	touch $@
 
 setup: $(VENV)/.installed

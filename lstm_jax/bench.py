@@ -15,7 +15,8 @@ other, never concurrently, so they do not fight for the cores):
   and optimizer state donated. tokens/s = B*T / median step time after
   `--warmup` steps, over `--rounds` x `--steps` timed steps; the rounds cycle
   through the implementations so that a load spike hits all of them alike.
-  Rows: ours ("scan" = the reference lax.scan, "fused" = lstm_jax.fused), the
+  Rows: ours ("scan" = the reference lax.scan, "fused" = lstm_jax.fused,
+  "onednn" = oneDNN's LSTM primitive through lstm_jax.onednn), the
   flax peers (`nn.RNN(nn.LSTMCell)`, `nn.RNN(nn.OptimizedLSTMCell)`) and
   PyTorch `nn.LSTM` with the same shapes, step and optimizer, run in the
   interpreter named by LSTM_JAX_TORCH_PYTHON with `torch.set_num_threads`
@@ -36,6 +37,8 @@ other, never concurrently, so they do not fight for the cores):
   outputs - donated (aliased) + temporaries, i.e. params, optimizer state and
   every activation buffer; torch: growth of the process's peak RSS over the
   training loop (params are created before it, Adam state inside it).
+  The "onednn" row's figure leaves out what oneDNN allocates itself (its
+  scratchpad, ~27 MB at the seeds' size, and per-call weight reorders).
 - roofline: train FLOPs per token (3x the forward matmul FLOPs: the LSTM's
   input and recurrent matmuls and the readout) x tokens/s, as a fraction of
   the best fp32 2048^3 matmul rate measured in this run.
@@ -67,7 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lstm_jax import host, parallel
+from lstm_jax import host, onednn, parallel
 from lstm_jax.model import LanguageModel, LMConfig
 
 TORCH_SCRIPT = pathlib.Path(__file__).with_name("bench_torch.py")
@@ -121,6 +124,7 @@ LABELS = {
     "fused_remat": "ours: fused + remat",
     "fused_bf16": "ours: fused, bf16 matmuls",
     "cudnn": "ours: cuDNN backend",
+    "onednn": "ours: oneDNN LSTM primitive (FFI)",
     "torch": "PyTorch nn.LSTM",
     "flax_lstm": "flax nn.RNN(LSTMCell)",
     "flax_optimized": "flax nn.RNN(OptimizedLSTMCell)",
@@ -660,7 +664,12 @@ def _parse_option(text: str) -> tuple[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m lstm_jax.bench", description=__doc__.split("\n")[0])
     p.add_argument("--configs", default=",".join(ALL_CONFIGS), help=f"from {ALL_CONFIGS}")
-    p.add_argument("--impls", default=",".join(OUR_IMPLS), help="our layer implementations")
+    default_impls = [*OUR_IMPLS, *(["onednn"] if onednn.installed() else [])]
+    p.add_argument(
+        "--impls",
+        default=",".join(default_impls),
+        help="our layer implementations (default adds 'onednn' where oneDNN is installed)",
+    )
     p.add_argument("--peers", default=",".join(PEERS), help=f"from {PEERS}; '' for none")
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="rounds cycling through the rows")
@@ -725,6 +734,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = sorted(set(args.impls) - set(recurrent.LAYER_IMPLS))
     if bad:
         p.error(f"unknown impls {bad}; valid: {sorted(recurrent.LAYER_IMPLS)}")
+    if "onednn" in args.impls and not onednn.installed():
+        p.error(f"--impls onednn: oneDNN is not installed; {onednn.INSTALL_HINT}")
     if args.cpu_devices < 0:
         p.error(f"--cpu_devices must be >= 0, got {args.cpu_devices}")
     dots = [d for d in args.cpu_dots.split(",") if d and d != "default"]

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from lstm_jax import fused
+from lstm_jax import fused, onednn
 from lstm_jax.cells import Cell, Params
 
 Array = jax.Array
@@ -69,10 +69,12 @@ def scan_layer_time_major(
 
 
 # Layer implementations by name: f(cell, params, xs, carry, reset, *, unroll).
-# "fused", "fused_remat", "fused_bf16", "cudnn": the fast paths in lstm_jax/fused.py.
+# "fused", "fused_remat", "fused_bf16", "cudnn": the fast paths in lstm_jax/fused.py;
+# "onednn": oneDNN's LSTM primitive on CPU (lstm_jax/onednn.py, optional dependency).
 LAYER_IMPLS: dict[str, Callable[..., tuple[Carry, Array]]] = {
     "scan": scan_layer_time_major,
     **fused.LAYER_IMPLS,
+    "onednn": onednn.onednn_layer_time_major,
 }
 
 

@@ -1,0 +1,145 @@
+"""The training config schema: every field, its default and what it means.
+
+Config files in `configs/` start from `base_config()` and change what their
+experiment needs, so the set of keys is defined here once. `validate` checks
+names and values before any compute; an unknown key (a typo such as
+`--config.train.num_step=...`) is refused by ml_collections itself because
+`base_config()` returns a locked ConfigDict.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+from ml_collections import config_dict
+
+from lstm_jax import cells, host, optim
+
+TOKENIZERS = ("char", "word")
+BATCHING_MODES = ("streams", "windows")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # PRNG seed: init, dropout, shuffling (step keys via fold_in)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.corpus = "text"  # a name in lstm_jax.data.corpora.CORPORA
+    c.data.path = config_dict.placeholder(str)  # file/glob/dir for text, ptb, tiny_shakespeare
+    c.data.encoding_errors = "strict"  # "replace" to accept non-UTF-8 bytes
+    c.data.tokenizer = "char"  # "char" or "word"
+    c.data.lowercase = True  # word tokenizer: lowercase words
+    c.data.min_count = 1  # word tokenizer: rarer words become <unk>
+    c.data.max_vocab = 0  # word tokenizer: keep the most frequent N words (0 = all)
+    c.data.word_split = "regex"  # word tokenizer: "regex" (punctuation apart) | "whitespace"
+    c.data.val_fraction = 0.05  # split by fraction when the corpus has no own splits
+    c.data.test_fraction = 0.0  # (char-rnn: 0.95 / 0.05 / 0)
+    c.data.batching = "streams"  # "streams" (TBPTT, carry passed on) | "windows" (shuffled)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.cell = "lstm"  # a name in lstm_jax.cells.CELLS
+    c.model.hidden_size = 128  # units per layer
+    c.model.num_layers = 2  # stacked recurrent layers
+    c.model.embed_dim = 0  # token embedding size; 0 = one-hot inputs (char-rnn)
+    c.model.tie_embeddings = False  # readout = embedding^T (needs embed_dim == hidden)
+    c.model.dropout = 0.0  # non-recurrent dropout (Zaremba et al. 2014)
+    c.model.forget_bias = 1.0  # LSTM b_f at init (char-rnn/Keras 1; Flax 0)
+    c.model.kernel_init = "uniform"  # input kernels (lstm_jax.initializers)
+    c.model.recurrent_init = "uniform"  # recurrent kernels
+    c.model.init_scale = 0.08  # uniform bound / normal std (char-rnn 0.08)
+    c.model.impl = "fused"  # layer: "fused" (custom VJP, fast) or "scan" (the reference)
+    c.model.unroll = 1  # lax.scan unroll factor
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 50  # B parallel streams
+    c.train.seq_len = 50  # T steps per window (truncated BPTT length)
+    c.train.num_steps = 1000  # total optimizer steps
+    c.train.log_every = 10  # steps between metrics.jsonl lines
+    c.train.eval_every = 200  # steps between validations (0 = only at the end)
+    c.train.checkpoint_every = 200  # steps between checkpoints (0 = only at the end)
+    c.train.keep_checkpoints = 2  # latest checkpoints kept (plus the best by val loss)
+    c.train.max_eval_batches = 0  # cap validation batches (0 = the whole split)
+    c.train.sample_length = 0  # tokens sampled at each evaluation (0 = off)
+    c.train.sample_prime = ""  # prime text for those samples ("" = record start)
+    c.train.progress = True  # show a progress bar
+    # XLA:CPU's matmul library for the train/eval steps: "default" (XLA's choice)
+    # or "onednn" (1.17x on Zaremba small, ~1x elsewhere; lstm_jax/host.py).
+    c.train.cpu_dots = "default"
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adam"  # a name in lstm_jax.optim.OPTIMIZERS
+    c.optim.learning_rate = 2e-3  # peak / initial learning rate
+    c.optim.clip_mode = "global_norm"  # "global_norm" | "element" | "none"
+    c.optim.clip_value = 5.0  # norm bound or per-element bound
+    c.optim.schedule = "constant"  # a name in lstm_jax.optim.SCHEDULES
+    c.optim.decay_rate = 0.5  # step/exponential/plateau factor
+    c.optim.decay_after_epochs = 10  # step/exponential: first decayed epoch
+    c.optim.warmup_steps = 100  # warmup_cosine: linear warmup
+    c.optim.decay_steps = 1000  # warmup_cosine: total length
+    c.optim.end_fraction = 0.1  # warmup_cosine: final lr / peak lr
+    c.optim.plateau_patience = 2  # reduce_on_plateau: epochs without improvement
+    c.optim.momentum = 0.0  # sgd / rmsprop momentum
+    c.optim.nesterov = False  # sgd Nesterov momentum
+    c.optim.decay = 0.95  # rmsprop squared-gradient decay (char-rnn 0.95)
+    c.optim.b1 = 0.9  # adam beta1
+    c.optim.b2 = 0.999  # adam beta2
+    c.optim.eps = 1e-8  # optimizer epsilon
+    c.optim.weight_decay = 1e-4  # adamw decoupled weight decay
+
+    c.parallel = ml_collections.ConfigDict()  # data parallelism (lstm_jax/parallel.py)
+    c.parallel.per_device_batch_size = 0  # > 0: global batch = this x devices (sets batch_size)
+    c.parallel.shard_optimizer_state = False  # split optimizer moments over devices (ZeRO-1)
+    # CPU only: expose the host as this many devices (0 = JAX's default, one), so the
+    # batch splits over cores; each core runs its own rows' recurrence. ~1.4x on
+    # char-rnn-sized models with 2 cores, slower for big readouts (docs/performance.md).
+    c.parallel.cpu_devices = 0
+
+    c.lock()
+    return c
+
+
+def _check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, path=""):
+    for key in config:
+        if key not in reference:
+            near = difflib.get_close_matches(key, list(reference), n=1)
+            hint = f"; did you mean {path}{near[0]!r}?" if near else ""
+            raise KeyError(f"unknown config key {path}{key!r}{hint}")
+        if isinstance(config[key], ml_collections.ConfigDict):
+            _check_keys(config[key], reference[key], f"{path}{key}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuse unknown keys and bad values before any compute."""
+    _check_keys(config, base_config())
+    m, t, d = config.model, config.train, config.data
+    if m.cell not in cells.CELLS:
+        raise ValueError(f"unknown cell {m.cell!r}; valid cells: {sorted(cells.CELLS)}")
+    if d.tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {d.tokenizer!r}; valid: {list(TOKENIZERS)}")
+    if d.batching not in BATCHING_MODES:
+        raise ValueError(f"unknown batching {d.batching!r}; valid: {list(BATCHING_MODES)}")
+    positive = {
+        "model.num_layers": m.num_layers,
+        "model.hidden_size": m.hidden_size,
+        "train.batch_size": t.batch_size,
+        "train.seq_len": t.seq_len,
+        "train.num_steps": t.num_steps,
+        "train.log_every": t.log_every,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1:
+        raise ValueError("data.val_fraction and data.test_fraction must be in [0, 1)")
+    cpu_devices = config.get("parallel", base_config().parallel).cpu_devices
+    if cpu_devices < 0:
+        raise ValueError(
+            f"parallel.cpu_devices must be >= 0 (0 = JAX's default), got {cpu_devices}"
+        )
+    cpu_dots = t.get("cpu_dots", "default")
+    if cpu_dots not in host.CPU_DOT_LIBRARIES:
+        raise ValueError(
+            f"unknown train.cpu_dots {cpu_dots!r}; valid: {sorted(host.CPU_DOT_LIBRARIES)}"
+        )
+    optim.validate(config.optim)

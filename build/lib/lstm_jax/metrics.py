@@ -1,0 +1,108 @@
+"""Metric sinks (JSONL + TensorBoard), the progress bar, and reference losses.
+
+Only process 0 of a multi-process run writes; the others get no-op sinks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricWriter:
+    """Appends one JSON object per logged step to WORKDIR/metrics.jsonl and the
+    same scalars to TensorBoard event files in WORKDIR/tb (tensorboardX, so no
+    TensorFlow install is needed)."""
+
+    def __init__(self, workdir: str | pathlib.Path, *, resume_step: int = 0):
+        self.enabled = jax.process_index() == 0
+        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if not self.enabled:
+            return
+        # Lines past the step we resume from were logged by a run that died
+        # before its next checkpoint; that run is being redone, so drop them.
+        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if k != "step" and isinstance(v, int | float):
+                self._tb.add_scalar(k, v, step)
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        if self.enabled:
+            self._tb.add_text(tag, text, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(v: Any) -> Any:
+    v = v.item() if hasattr(v, "item") else v
+    return v if not isinstance(v, float) or math.isfinite(v) else str(v)
+
+
+def per_token_report(loss_nats: float, tokenizer_kind: str) -> dict[str, float]:
+    """Bits per character for char models, perplexity for word models."""
+    if tokenizer_kind == "char":
+        return {"bpc": loss_nats / math.log(2)}
+    return {"perplexity": math.exp(min(loss_nats, 50.0))}
+
+
+def unigram_loss(train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) of `eval_ids` under the add-one-smoothed
+    unigram distribution of `train_ids`: the baseline a model must beat."""
+    counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[eval_ids].mean())
+
+
+class Progress:
+    """A tqdm bar with loss, speed and ETA (process 0 only, when enabled)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = None
+        if enabled and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, n: int, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def write(self, message: str) -> None:
+        if jax.process_index() != 0:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

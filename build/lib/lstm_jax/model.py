@@ -1,0 +1,253 @@
+"""Models around the recurrent core: a token language model and a sequence
+regressor/classifier for real-valued inputs (the research tasks).
+
+    LanguageModel.apply:  tokens [B, T] -> embed (or one-hot) [B, T, E]
+                          -> stacked recurrent layers [B, T, H]
+                          -> readout [B, T, V] logits
+    SequenceModel.apply:  inputs [B, T, D] -> stacked recurrent layers
+                          -> linear head on the last step [B, O] or every step [B, T, O]
+
+Parameters are plain dicts of arrays; models are frozen dataclasses of static
+choices, so they can be closed over by `jax.jit` without being traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from lstm_jax import initializers, recurrent
+from lstm_jax.cells import Cell, make_cell
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecurrentCoreConfig:
+    """Static choices of the recurrent stack, shared by both models."""
+
+    hidden_size: int = 128  # H, units per layer
+    num_layers: int = 2  # L, stacked layers
+    cell: str = "lstm"  # a name in lstm_jax.cells.CELLS
+    forget_bias: float = 0.0  # LSTM only: initial b_f (1 = char-rnn/Keras)
+    kernel_init: str | None = None  # input kernels; None = the cell's default
+    recurrent_init: str | None = None  # recurrent kernels; None = the cell's default
+    init_scale: float | None = None  # uniform bound / normal std; None = cell default
+    dropout: float = 0.0  # between layers (and around the stack in the LM)
+    unroll: int = 1  # lax.scan unroll factor
+    impl: str = "scan"  # layer implementation, a name in recurrent.LAYER_IMPLS
+
+    def __post_init__(self):
+        if self.hidden_size < 1:
+            raise ValueError(f"hidden_size must be >= 1, got {self.hidden_size}")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.unroll < 1:
+            raise ValueError(f"unroll must be >= 1, got {self.unroll}")
+        recurrent.get_layer_impl(self.impl)  # fails early, listing the valid names
+        self.make_cell()
+
+    def make_cell(self) -> Cell:
+        return make_cell(
+            self.cell,
+            forget_bias=self.forget_bias,
+            kernel_init=self.kernel_init,
+            recurrent_init=self.recurrent_init,
+            init_scale=self.init_scale,
+        )
+
+    @property
+    def init_scale_or_default(self) -> float:
+        """Scale for the non-recurrent weights (embedding, readout)."""
+        return self.make_cell().init_scale
+
+
+class _RecurrentModel:
+    """What both models share: the cell, the stack, the carry."""
+
+    config: RecurrentCoreConfig
+
+    def __init__(self, config: RecurrentCoreConfig):
+        self.config = config
+        self.cell = config.make_cell()
+
+    def init_carry(self, batch_size: int) -> tuple[Any, ...]:
+        """Zero carries, one per layer (LSTMCarry(h, c) for LSTM, h otherwise)."""
+        c = self.config
+        return recurrent.zero_stack_carry(self.cell, c.num_layers, batch_size, c.hidden_size)
+
+    def _stack(self, params, xs, carry, reset, rng, mesh=None):
+        c = self.config
+        return recurrent.run_stack(
+            self.cell,
+            params["layers"],
+            xs,
+            carry,
+            reset,
+            dropout_rate=c.dropout,
+            rng=rng,
+            unroll=c.unroll,
+            impl=c.impl,
+            mesh=mesh,
+        )
+
+    def _stack_param_count(self, in_dim: int) -> int:
+        c = self.config
+        h = c.hidden_size
+        return sum(self.cell.param_count(in_dim if i == 0 else h, h) for i in range(c.num_layers))
+
+
+def _check_rng(config: RecurrentCoreConfig, train: bool, rng: Array | None) -> Array | None:
+    if not train:
+        return None
+    if config.dropout > 0 and rng is None:
+        raise ValueError("train=True with dropout > 0 needs an rng")
+    return rng
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LMConfig(RecurrentCoreConfig):
+    vocab_size: int  # V
+    embed_dim: int = 0  # E; 0 = one-hot inputs as in char-rnn (E = V, no table)
+    tie_embeddings: bool = False  # readout = embedding^T (Press & Wolf 2017); needs E == H
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
+        if self.embed_dim < 0:
+            raise ValueError(f"embed_dim must be >= 0 (0 = one-hot), got {self.embed_dim}")
+        if self.tie_embeddings and self.embed_dim != self.hidden_size:
+            raise ValueError(
+                "tie_embeddings needs embed_dim == hidden_size, got "
+                f"embed_dim={self.embed_dim}, hidden_size={self.hidden_size}"
+            )
+
+
+class LanguageModel(_RecurrentModel):
+    """embed -> stacked recurrent layers -> vocabulary logits."""
+
+    config: LMConfig
+
+    def init(self, key: Array) -> dict[str, Any]:
+        c = self.config
+        k_embed, k_layers, k_out = jax.random.split(key, 3)
+        uniform = initializers.get("uniform", c.init_scale_or_default)
+        in_dim = c.embed_dim or c.vocab_size
+        params: dict[str, Any] = {
+            "layers": recurrent.init_stack(k_layers, self.cell, in_dim, c.hidden_size, c.num_layers)
+        }
+        if c.embed_dim:
+            params["embed"] = uniform(k_embed, (c.vocab_size, c.embed_dim), jnp.float32)
+        readout = {"b": jnp.zeros((c.vocab_size,), jnp.float32)}
+        if not c.tie_embeddings:
+            readout["w"] = uniform(k_out, (c.hidden_size, c.vocab_size), jnp.float32)
+        params["readout"] = readout
+        return params
+
+    def embed(self, params: dict[str, Any], tokens: Array) -> Array:
+        """tokens [B, T] int -> [B, T, E] (one-hot [B, T, V] when embed_dim == 0)."""
+        if self.config.embed_dim:
+            return jnp.take(params["embed"], tokens, axis=0)
+        return jax.nn.one_hot(tokens, self.config.vocab_size, dtype=jnp.float32)
+
+    def readout(self, params: dict[str, Any], hs: Array) -> Array:
+        """hidden [..., H] -> logits [..., V]."""
+        w = params["embed"].T if self.config.tie_embeddings else params["readout"]["w"]
+        return hs @ w + params["readout"]["b"]
+
+    def apply(
+        self,
+        params: dict[str, Any],
+        tokens: Array,  # [B, T] int32
+        carry: tuple[Any, ...],
+        *,
+        reset: Array | None = None,  # [B, T] bool: zero the carry before step t
+        train: bool = False,
+        rng: Array | None = None,
+        mesh: Mesh | None = None,  # split the recurrence's rows over its "data" axis
+    ) -> tuple[Array, tuple[Any, ...]]:
+        """Returns (logits [B, T, V], final carry)."""
+        c = self.config
+        rng = _check_rng(c, train, rng)
+        keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
+        xs = recurrent.dropout(self.embed(params, tokens), c.dropout, keys[0])
+        carry, hs = self._stack(params, xs, carry, reset, keys[1], mesh)
+        hs = recurrent.dropout(hs, c.dropout, keys[2])
+        return self.readout(params, hs), carry
+
+    def param_count(self) -> int:
+        """Closed form: embedding V*E + per-layer cell counts + readout H*V + V."""
+        c = self.config
+        embed = c.vocab_size * c.embed_dim
+        readout = c.vocab_size + (0 if c.tie_embeddings else c.hidden_size * c.vocab_size)
+        return embed + self._stack_param_count(c.embed_dim or c.vocab_size) + readout
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SeqConfig(RecurrentCoreConfig):
+    input_dim: int  # D, features per step
+    output_dim: int  # O, regression targets or class logits
+    output_mode: str = "last"  # "last": head on the final step; "all": every step
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.output_mode not in ("last", "all"):
+            raise ValueError(f"output_mode must be 'last' or 'all', got {self.output_mode!r}")
+        if self.input_dim < 1 or self.output_dim < 1:
+            raise ValueError("input_dim and output_dim must be >= 1")
+
+
+class SequenceModel(_RecurrentModel):
+    """Real-valued inputs -> stacked recurrent layers -> linear head."""
+
+    config: SeqConfig
+
+    def init(self, key: Array) -> dict[str, Any]:
+        c = self.config
+        k_layers, k_out = jax.random.split(key)
+        return {
+            "layers": recurrent.init_stack(
+                k_layers, self.cell, c.input_dim, c.hidden_size, c.num_layers
+            ),
+            "head": {
+                "w": initializers.get("glorot_uniform", 1.0)(
+                    k_out, (c.hidden_size, c.output_dim), jnp.float32
+                ),
+                "b": jnp.zeros((c.output_dim,), jnp.float32),
+            },
+        }
+
+    def apply(
+        self,
+        params: dict[str, Any],
+        inputs: Array,  # [B, T, D]
+        carry: tuple[Any, ...] | None = None,
+        *,
+        reset: Array | None = None,
+        train: bool = False,
+        rng: Array | None = None,
+    ) -> tuple[Array, tuple[Any, ...]]:
+        """Returns (outputs [B, O] or [B, T, O], final carry)."""
+        if carry is None:
+            carry = self.init_carry(inputs.shape[0])
+        rng = _check_rng(self.config, train, rng)
+        carry, hs = self._stack(params, inputs, carry, reset, rng)
+        if self.config.output_mode == "last":
+            hs = hs[:, -1]
+        return hs @ params["head"]["w"] + params["head"]["b"], carry
+
+    def param_count(self) -> int:
+        c = self.config
+        return self._stack_param_count(c.input_dim) + c.hidden_size * c.output_dim + c.output_dim
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter pytree."""
+    return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,256 @@
+"""Run a cell over a sequence with `jax.lax.scan`, and stack layers.
+
+Data flow of one layer (time-major inside; the layout is converted once, at the
+public entry points, by `to_time_major` / `from_time_major`):
+
+    xs [T, B, D] --(one matmul: cell.project)--> x_proj [T, B, G*H]
+    scan over t:  carry = reset_t ? zero : carry
+                  carry, h_t = cell.recur(params, carry, x_proj[t])
+    -> carry (final), hs [T, B, H]
+
+Carries go in and come out, so a long sequence cut into windows with the carry
+passed along equals one scan over the whole sequence (truncated BPTT is exact
+in the forward pass). `reset[b, t] = True` zeroes stream b's carry *before*
+step t, so a new document can start in the middle of a window.
+
+A layer implementation is looked up by name in `LAYER_IMPLS`; "scan" is the
+reference that every other implementation is tested against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from lstm_jax import fused, onednn
+from lstm_jax.cells import Cell, Params
+
+Array = jax.Array
+Carry = Any  # a cell's carry pytree: Array or LSTMCarry
+
+
+def to_time_major(x: Array | None, time_major: bool) -> Array | None:
+    """[B, T, ...] -> [T, B, ...] unless already time-major."""
+    return x if (x is None or time_major) else jnp.swapaxes(x, 0, 1)
+
+
+from_time_major = to_time_major  # the same swap, named for the way back
+
+
+def _apply_reset(cell: Cell, carry: Carry, reset_t: Array | None) -> Carry:
+    if reset_t is None:
+        return carry
+    return jax.tree.map(lambda c: jnp.where(reset_t[:, None], jnp.zeros_like(c), c), carry)
+
+
+def scan_layer_time_major(
+    cell: Cell,
+    params: Params,
+    xs: Array,  # [T, B, D]
+    carry: Carry,
+    reset: Array | None = None,  # [T, B] bool
+    *,
+    unroll: int = 1,
+) -> tuple[Carry, Array]:
+    """The reference layer: hoisted input projection + `lax.scan` of `recur`."""
+    x_proj = cell.project(params, xs)  # [T, B, G*H], one matmul for all steps
+
+    def body(carry, inp):
+        xp_t, reset_t = inp
+        carry = _apply_reset(cell, carry, reset_t)
+        return cell.recur(params, carry, xp_t)
+
+    return jax.lax.scan(body, carry, (x_proj, reset), unroll=unroll)
+
+
+# Layer implementations by name: f(cell, params, xs, carry, reset, *, unroll).
+# "fused", "fused_remat", "fused_bf16", "cudnn": the fast paths in lstm_jax/fused.py;
+# "onednn": oneDNN's LSTM primitive on CPU (lstm_jax/onednn.py, optional dependency).
+LAYER_IMPLS: dict[str, Callable[..., tuple[Carry, Array]]] = {
+    "scan": scan_layer_time_major,
+    **fused.LAYER_IMPLS,
+    "onednn": onednn.onednn_layer_time_major,
+}
+
+
+def get_layer_impl(name: str) -> Callable[..., tuple[Carry, Array]]:
+    if name not in LAYER_IMPLS:
+        raise ValueError(f"unknown layer implementation {name!r}; valid: {sorted(LAYER_IMPLS)}")
+    return LAYER_IMPLS[name]
+
+
+def run_layer(
+    cell: Cell,
+    params: Params,
+    inputs: Array,
+    carry: Carry,
+    reset: Array | None = None,
+    *,
+    time_major: bool = False,
+    unroll: int = 1,
+    impl: str = "scan",
+) -> tuple[Carry, Array]:
+    """One recurrent layer over `inputs` ([B, T, D], or [T, B, D] if
+    `time_major`). Returns the final carry and the outputs in the input layout."""
+    xs = to_time_major(inputs, time_major)
+    carry, hs = get_layer_impl(impl)(
+        cell, params, xs, carry, to_time_major(reset, time_major), unroll=unroll
+    )
+    return carry, from_time_major(hs, time_major)
+
+
+def init_stack(
+    key: Array, cell: Cell, in_dim: int, hidden: int, num_layers: int, dtype: Any = jnp.float32
+) -> list[Params]:
+    """Parameters of `num_layers` layers; layer 0 reads `in_dim`, the rest `hidden`."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    keys = jax.random.split(key, num_layers)
+    return [cell.init(k, in_dim if i == 0 else hidden, hidden, dtype) for i, k in enumerate(keys)]
+
+
+def zero_stack_carry(
+    cell: Cell, num_layers: int, batch: int, hidden: int, dtype: Any = jnp.float32
+) -> tuple[Carry, ...]:
+    return tuple(cell.zero_carry(batch, hidden, dtype) for _ in range(num_layers))
+
+
+def dropout_keep(rate: float, rng: Array | None, shape: tuple[int, ...]) -> Array | None:
+    """The keep mask of inverted dropout (None: dropout is off, rate 0 or eval)."""
+    if rate == 0.0 or rng is None:
+        return None
+    return jax.random.bernoulli(rng, 1.0 - rate, shape)
+
+
+def apply_keep(x: Array, keep: Array | None, rate: float) -> Array:
+    """Zero the dropped units and scale the kept ones by 1 / (1 - rate)."""
+    if keep is None:
+        return x
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def dropout(x: Array, rate: float, rng: Array | None) -> Array:
+    """Inverted dropout; identity when `rate == 0` or `rng is None` (eval)."""
+    return apply_keep(x, dropout_keep(rate, rng, x.shape), rate)
+
+
+def _layer_rng(rng: Array | None, i: int) -> Array | None:
+    """The dropout key of layer i's input."""
+    return None if rng is None else jax.random.fold_in(rng, i)
+
+
+def _stack_time_major(
+    layer_fn: Callable[..., tuple[Carry, Array]],
+    cell: Cell,
+    layers: Sequence[Params],
+    xs: Array,  # [T, B, D]
+    carries: Sequence[Carry],
+    reset: Array | None,
+    keeps: Sequence[Array | None],  # one dropout keep mask per layer input after the first
+    rate: float,
+    unroll: int,
+) -> tuple[tuple[Carry, ...], Array]:
+    new_carries = []
+    for i, (params, carry) in enumerate(zip(layers, carries, strict=True)):
+        if i > 0:
+            xs = apply_keep(xs, keeps[i - 1], rate)
+        carry, xs = layer_fn(cell, params, xs, carry, reset, unroll=unroll)
+        new_carries.append(carry)
+    return tuple(new_carries), xs
+
+
+def _stack_rows_per_device(
+    mesh: Mesh,
+    axis: str,
+    stack_fn: Callable,
+    layers: Sequence[Params],
+    xs: Array,
+    carries: Sequence[Carry],
+    reset: Array | None,
+    keeps: Sequence[Array | None],
+) -> tuple[tuple[Carry, ...], Array]:
+    """`stack_fn(layers, xs, carries, reset, keeps)` run by every device of
+    `mesh` on its own rows (streams).
+
+    Streams are independent, so the stack splits over devices by rows with no
+    communication in the forward pass; in the backward pass the transpose of
+    `shard_map` sums the replicated parameters' gradients, all layers' at one
+    point (one combined all-reduce rather than one per layer). Left to XLA's
+    automatic partitioning (GSPMD), the sequential loop of a small layer ran
+    no faster on two CPU devices than on one: XLA:CPU runs a small per-step
+    matmul and the gate math on one core. Here each device runs its own loop
+    on its own core (docs/performance.md).
+
+    `check_vma=False`: the custom-VJP loops of lstm_jax/fused.py do not
+    annotate which values vary across devices; the values and gradients are
+    checked against one device in tests/test_distributed.py.
+    """
+    rows = P(None, axis)  # time-major [T, B, ...]: rows are dimension 1
+    present = [reset is not None, *(k is not None for k in keeps)]
+    extra = [a for a, here in zip([reset, *keeps], present, strict=True) if here]
+
+    def local(layers, xs, carries, *extra_local):
+        it = iter(extra_local)
+        reset_l, *keeps_l = [next(it) if here else None for here in present]
+        return stack_fn(layers, xs, carries, reset_l, keeps_l)
+
+    split = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(), rows, P(axis), *[rows] * len(extra)),
+        out_specs=(P(axis), rows),
+        check_vma=False,
+    )
+    return split(layers, xs, carries, *extra)
+
+
+def run_stack(
+    cell: Cell,
+    layers: Sequence[Params],
+    inputs: Array,
+    carries: Sequence[Carry],
+    reset: Array | None = None,
+    *,
+    dropout_rate: float = 0.0,
+    rng: Array | None = None,
+    time_major: bool = False,
+    unroll: int = 1,
+    impl: str = "scan",
+    mesh: Mesh | None = None,
+    mesh_axis: str = "data",
+) -> tuple[tuple[Carry, ...], Array]:
+    """L stacked layers. Dropout (rate `dropout_rate`, active only when an
+    `rng` is given) sits on the non-recurrent connections *between* layers,
+    never on the carry, as in Zaremba, Sutskever & Vinyals 2014.
+
+    With a `mesh` of more than one device, the stack runs on each device's own
+    rows (`_stack_rows_per_device`); the batch must split evenly over
+    `mesh_axis`. Dropout masks are drawn outside, for the whole batch, so the
+    result does not depend on the number of devices."""
+    if len(carries) != len(layers):
+        raise ValueError(f"got {len(carries)} carries for {len(layers)} layers")
+    xs = to_time_major(inputs, time_major)
+    reset = to_time_major(reset, time_major)
+    layer_fn = get_layer_impl(impl)  # an unknown name fails here, before tracing a layer
+    hidden = jax.tree.leaves(carries[0])[0].shape[-1]  # H, from the carry (h or (h, c))
+    keeps = [  # drawn for the whole batch, whatever the mesh
+        dropout_keep(dropout_rate, _layer_rng(rng, i), (*xs.shape[:2], hidden))
+        for i in range(1, len(layers))
+    ]
+
+    def stack_fn(layers, xs, carries, reset, keeps):
+        return _stack_time_major(
+            layer_fn, cell, layers, xs, carries, reset, keeps, dropout_rate, unroll
+        )
+
+    args = (list(layers), xs, tuple(carries), reset, keeps)
+    if mesh is not None and mesh.shape[mesh_axis] > 1:
+        new_carries, hs = _stack_rows_per_device(mesh, mesh_axis, stack_fn, *args)
+    else:
+        new_carries, hs = stack_fn(*args)
+    return tuple(new_carries), from_time_major(hs, time_major)

@@ -1,0 +1,16 @@
+"""Research ablations on vanishing and exploding gradients (issue 6).
+
+Each tool is a module with `run(config, workdir) -> dict` and a CLI
+(`python -m lstm_jax.research.<name> --config configs/ablations/<name>.py
+--workdir DIR`); results are CSV/JSON, figures PNG.
+
+- `gradient_flow`: ||dL_T/dh_k|| for k = 0..T, RNN vs GRU vs LSTM, at init and
+  after training; decay rates, 1e-6 distances, Pascanu's sigma_max * gamma.
+- `pascanu`: the single-unit cliff of Pascanu, Mikolov & Bengio (2013), its loss
+  and gradient-norm surfaces, and descent with and without norm clipping.
+- `memory_cell`: a hand-set LSTM unit that writes 4.2, keeps it N steps, reads
+  and clears it; its gradient stays ~1 while a vanilla RNN's decays.
+- `clipping`: a vanilla RNN char model under plain SGD with clipping by global
+  norm, per element, and none.
+- `common`: CLI flags, config loading, result files, figures.
+"""

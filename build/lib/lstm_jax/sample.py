@@ -1,0 +1,710 @@
+"""Sample text from a trained language model.
+
+    python -m lstm_jax.sample --workdir workdirs/dnd --prime "spell" --stop_at_record_end
+    python -m lstm_jax.sample --workdir workdirs/dnd --prime "spell" --greedy --length 80
+    python -m lstm_jax.sample --workdir workdirs/dnd --num_samples 5 --temperature 0.8 \\
+        --top_k 40 --rank
+    python -m lstm_jax.sample --workdir workdirs/dnd --interactive
+
+The data flow, one function per arrow:
+
+    workdir --restore()--> params (only the params are read) + tokenizer + config
+    prime   --encode_prime()--> ids [P]: the record start ("\\n␞\\n", or "\\n") + the prime
+            --warm_carry()--> one scan over the prime: carry, next-token logits [S, V]
+            --sample loop--> lax.while_loop of <= N steps, batched over S samples:
+                             choose a token, record log p, feed it back; the loop
+                             ends early once every sample has hit the record end
+            --decode--> text, with per-token log-likelihoods to rank samples by
+
+Choosing a token (`choose_next`): greedy is argmax. Otherwise the logits are
+divided by the temperature, all but the `top_k` largest are masked, and
+`jax.random.categorical` draws with the key `fold_in(key, t)` for generated
+token t, so a step-by-step Python loop with the same keys reproduces the
+compiled loop exactly. Log-likelihoods are always the model's own (temperature
+1, no top-k): they say how likely the model finds a text, not how it was drawn.
+
+Compilation: the prime's scan is compiled once per prime length, the sample
+loop once per (num_samples, length, stop token), and both are keyed on the
+model's frozen config, so the training loop can sample at every evaluation
+(`make_sampler`) without recompiling, and a benchmark can time `generate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+
+from lstm_jax.checkpoint import Checkpointer, CheckpointError
+from lstm_jax.data.corpora import RECORD_SEPARATOR
+from lstm_jax.data.tokenizers import Tokenizer, tokenizer_from_json
+from lstm_jax.model import LanguageModel, LMConfig
+
+Array = jax.Array
+Params = Any
+
+PAD_ID = -1  # fills `Generation.tokens` past a sample's end; decoding it fails loudly
+
+
+# ----------------------------------------------------------------------------
+# Token choice.
+
+
+def top_k_filter(logits: Array, k: Array | int) -> Array:
+    """Sets all but the `k` largest logits of each row to -inf.
+
+    `k` may be a traced int (one compiled loop serves every k). Logits tied
+    with the k-th largest are all kept, so a row can keep more than k tokens
+    when there are exact ties.
+    """
+    vocab = logits.shape[-1]
+    kth = jnp.sort(logits, axis=-1)[..., vocab - k]  # [...]: the k-th largest
+    return jnp.where(logits >= kth[..., None], logits, -jnp.inf)
+
+
+def choose_next(
+    logits: Array,  # [S, V]
+    key: Array,
+    temperature: Array | float,
+    top_k: Array | int,  # 0 = no top-k
+    greedy: Array | bool,
+) -> Array:
+    """One token per row, [S] int32: argmax when `greedy`, else a draw from
+    softmax(logits / temperature) restricted to the `top_k` largest logits."""
+
+    def draw(z):
+        z = z / temperature
+        z = jax.lax.cond(top_k > 0, lambda z: top_k_filter(z, top_k), lambda z: z, z)
+        return jax.random.categorical(key, z, axis=-1).astype(jnp.int32)
+
+    def argmax(z):
+        return jnp.argmax(z, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(greedy, argmax, draw, logits)
+
+
+def token_logprobs(logits: Array, tokens: Array) -> Array:
+    """log softmax(logits)[token] at temperature 1: logits [..., V], tokens [...]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+
+
+# ----------------------------------------------------------------------------
+# The compiled pieces. Both are keyed on the model's frozen (hashable) config,
+# not on the model object, so any LanguageModel with the same config reuses them.
+
+
+def sampling_model(model: LanguageModel) -> LanguageModel:
+    """The same model on the reference "scan" layer: sampling runs one token at
+    a time with no backward pass, where the fused/cuDNN layers (which exist to
+    speed up training) gain nothing; the params are the same for every impl."""
+    if model.config.impl == "scan":
+        return model
+    return LanguageModel(dataclasses.replace(model.config, impl="scan"))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_samples"))
+def _warm(config: LMConfig, params: Params, prime_ids: Array, num_samples: int):
+    model = LanguageModel(config)
+    logits, carry = model.apply(params, prime_ids[None, :], model.init_carry(1))  # [1, P, V]
+    prime_logprobs = token_logprobs(logits[0, :-1], prime_ids[1:])  # [P-1]
+    # The prime is the same for every sample: run it once, broadcast the result.
+    carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_samples, *x.shape[1:])), carry)
+    next_logits = jnp.broadcast_to(logits[:, -1], (num_samples, logits.shape[-1]))  # [S, V]
+    return carry, next_logits, prime_logprobs
+
+
+def warm_carry(
+    model: LanguageModel, params: Params, prime_ids: Array | np.ndarray, num_samples: int = 1
+) -> tuple[Any, Array, Array]:
+    """Runs the prime (ids [P], P >= 1) through the model from a zero carry.
+
+    Returns (carry for `num_samples` rows, logits of the token after the prime
+    [S, V], log p(prime[i+1] | prime[:i+1]) [P-1]).
+    """
+    prime_ids = jnp.asarray(prime_ids, jnp.int32)
+    if prime_ids.ndim != 1 or prime_ids.shape[0] < 1:
+        raise ValueError(f"prime ids must be a non-empty 1-D array, got shape {prime_ids.shape}")
+    return _warm(sampling_model(model).config, params, prime_ids, num_samples)
+
+
+class Generation(NamedTuple):
+    """What the compiled sampler returns (device arrays)."""
+
+    tokens: Array  # [S, N] int32 generated ids; PAD_ID at positions >= lengths
+    lengths: Array  # [S] int32 generated tokens per sample, the stop token included
+    logprobs: Array  # [S, N] float32 log p(token | past) at temperature 1; 0 past the end
+    prime_logprobs: Array  # [P-1] float32 log p(prime[i+1] | prime[:i+1])
+
+
+@functools.partial(jax.jit, static_argnames=("config", "length", "stop_id"))
+def _sample_loop(
+    config: LMConfig,
+    params: Params,
+    carry: Any,
+    logits: Array,  # [S, V] logits of the first token to generate
+    key: Array,
+    temperature: Array,
+    top_k: Array,
+    greedy: Array,
+    *,
+    length: int,
+    stop_id: int | None,
+) -> tuple[Array, Array, Array]:
+    model = LanguageModel(config)
+    num_samples = logits.shape[0]
+
+    def cond(state):
+        t, _, _, done, *_ = state
+        return (t < length) & ~jnp.all(done)
+
+    def body(state):
+        t, carry, logits, done, lengths, tokens, logprobs = state
+        token = choose_next(logits, jax.random.fold_in(key, t), temperature, top_k, greedy)
+        tokens = tokens.at[:, t].set(jnp.where(done, PAD_ID, token))
+        logprobs = logprobs.at[:, t].set(jnp.where(done, 0.0, token_logprobs(logits, token)))
+        lengths = lengths + (~done).astype(jnp.int32)
+        if stop_id is not None:
+            done = done | (token == stop_id)
+        logits, carry = model.apply(params, token[:, None], carry)  # [S, 1, V]
+        return t + 1, carry, logits[:, 0], done, lengths, tokens, logprobs
+
+    state = (
+        jnp.zeros((), jnp.int32),
+        carry,
+        logits,
+        jnp.zeros((num_samples,), bool),  # done: hit the stop token
+        jnp.zeros((num_samples,), jnp.int32),
+        jnp.full((num_samples, length), PAD_ID, jnp.int32),
+        jnp.zeros((num_samples, length), jnp.float32),
+    )
+    _, _, _, _, lengths, tokens, logprobs = jax.lax.while_loop(cond, body, state)
+    return tokens, lengths, logprobs
+
+
+def check_options(vocab_size: int | None, temperature: float, top_k: int, length: int) -> None:
+    """The errors a user gets for bad sampling options, before any compute
+    (`vocab_size` None: the vocabulary is not known yet, check top_k >= 0 only)."""
+    if not temperature > 0:  # also refuses NaN
+        raise ValueError(
+            f"temperature must be > 0, got {temperature}; for the most likely token at "
+            "every step use greedy decoding (--greedy)"
+        )
+    if top_k < 0 or (vocab_size is not None and top_k > vocab_size):
+        bound = "" if vocab_size is None else f" and <= {vocab_size}, the vocabulary size"
+        raise ValueError(f"top_k must be >= 0 (0 = no top-k){bound}; got {top_k}")
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+
+
+def generate(
+    model: LanguageModel,
+    params: Params,
+    prime_ids: Array | np.ndarray,  # [P] int, P >= 1
+    key: Array,
+    *,
+    length: int,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+    stop_id: int | None = None,
+) -> Generation:
+    """Warms the carry over the prime, then samples `length` tokens for each of
+    `num_samples` rows in one compiled loop (stopping a row at `stop_id`).
+
+    Returns device arrays without waiting for them (call `block_until_ready`
+    to time it). Calls with the same model config, shapes and `stop_id` reuse
+    the compiled code; temperature, top_k, greedy and the key are traced.
+    """
+    vocab = model.config.vocab_size
+    check_options(vocab, temperature, top_k, length)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    ids = np.asarray(prime_ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise ValueError(f"prime ids out of range for a vocabulary of {vocab}")
+    if stop_id is not None and not 0 <= stop_id < vocab:
+        raise ValueError(f"stop_id {stop_id} out of range for a vocabulary of {vocab}")
+    config = sampling_model(model).config
+    carry, logits, prime_logprobs = warm_carry(model, params, ids, num_samples)
+    tokens, lengths, logprobs = _sample_loop(
+        config,
+        params,
+        carry,
+        logits,
+        key,
+        jnp.float32(temperature),
+        jnp.int32(top_k),
+        jnp.bool_(greedy),
+        length=length,
+        stop_id=stop_id,
+    )
+    return Generation(tokens, lengths, logprobs, prime_logprobs)
+
+
+# ----------------------------------------------------------------------------
+# Text in, text out.
+
+
+class Prime(NamedTuple):
+    ids: np.ndarray  # [P] int32: context ids, then the prime's own ids
+    num_context: int  # how many leading ids are the record-start context
+
+
+def record_start_ids(tokenizer: Tokenizer) -> list[int]:
+    """What the model reads before a prime: the start of a record.
+
+    In a corpus of records (dnd_spells) every record follows "\\n␞\\n", so a
+    prime read after it is the start of a new record ("spell" begins a spell
+    name), and even the prime's first token gets a log-likelihood. Without a
+    record separator the context is a newline, when the vocabulary has one.
+    """
+    has_records = tokenizer.record_separator_id is not None
+    pieces = ["\n", RECORD_SEPARATOR, "\n"] if has_records else ["\n"]
+    ids = [tokenizer.token_to_id(p) for p in pieces]
+    return [i for i in ids if i is not None]
+
+
+def encode_prime(
+    tokenizer: Tokenizer, prime: str, *, allow_unk: bool = False, record_start: bool = True
+) -> Prime:
+    """Record-start context (if `record_start`) + the prime's ids.
+
+    A prime with characters or words the vocabulary lacks is an error naming
+    them; with `allow_unk`, a word-level vocabulary maps them to <unk>.
+    """
+    unknown = tokenizer.unknown_symbols(prime)
+    if unknown and not (allow_unk and tokenizer.unk_id is not None):
+        what = "characters" if tokenizer.kind == "char" else "words"
+        hint = (
+            "; pass --allow_unk to map them to <unk>"
+            if tokenizer.unk_id is not None
+            else " (a char-level vocabulary has no <unk>)"
+            if tokenizer.kind == "char"
+            else " (this vocabulary has no <unk> token)"
+        )
+        raise ValueError(
+            f"the prime {prime!r} has {what} not in the vocabulary: "
+            f"{', '.join(map(repr, unknown[:20]))}{' ...' if len(unknown) > 20 else ''}{hint}"
+        )
+    context = record_start_ids(tokenizer) if record_start else []
+    ids = np.concatenate([np.asarray(context, np.int32), tokenizer.encode(prime)]).astype(np.int32)
+    if ids.size == 0:
+        raise ValueError(
+            "nothing to start from: the prime is empty and the vocabulary has no newline or "
+            "record separator to start a record with; give a --prime"
+        )
+    return Prime(ids, len(context))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One decoded sample."""
+
+    text: str  # prime + generated text (no record start; no "\n␞" at a record end)
+    ids: np.ndarray  # [n] generated ids, the stop token included
+    log_likelihood: float  # sum of log p over the generated tokens (nats)
+    ended: bool  # stopped at the record separator
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.ids.size)
+
+    @property
+    def mean_log_likelihood(self) -> float:
+        """nats/token: comparable across samples of different lengths."""
+        return self.log_likelihood / max(self.num_tokens, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleResult:
+    prime: str  # the prime as decoded from its ids (normalized, e.g. lowercased)
+    prime_log_likelihood: float  # mean log p (nats/token) of the scored prime tokens
+    prime_scored_tokens: int  # 0 when nothing could be scored (one token, no context)
+    samples: list[Sample]
+
+
+def decode_generation(
+    tokenizer: Tokenizer, prime: Prime, gen: Generation, *, stop_id: int | None = None
+) -> SampleResult:
+    """Device arrays -> text: prime + continuation, decoded together so
+    word-level spacing is right across the boundary; the stop token is dropped."""
+    tokens, lengths, logprobs = jax.device_get((gen.tokens, gen.lengths, gen.logprobs))
+    prime_lp = np.asarray(jax.device_get(gen.prime_logprobs))
+    own = prime.ids[prime.num_context :]
+    # prime_lp[i] scores prime.ids[i + 1]; the first id has no score (nothing before it).
+    scored = prime_lp[max(prime.num_context, 1) - 1 :]
+    samples = []
+    for row, n, lp in zip(tokens, lengths, logprobs, strict=True):
+        ids = row[:n]
+        ended = stop_id is not None and n > 0 and ids[-1] == stop_id
+        text = tokenizer.decode(np.concatenate([own, ids[:-1] if ended else ids]))
+        samples.append(
+            Sample(
+                text=text.rstrip("\n") if ended else text,  # a record ends with "\n␞"
+                ids=ids,
+                log_likelihood=float(lp[:n].sum()),
+                ended=bool(ended),
+            )
+        )
+    return SampleResult(
+        prime=tokenizer.decode(own),
+        prime_log_likelihood=float(scored.mean()) if scored.size else float("nan"),
+        prime_scored_tokens=int(scored.size),
+        samples=samples,
+    )
+
+
+def make_sampler(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    *,
+    prime: str = "",
+    length: int,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+    stop_at_record_end: bool = False,
+    allow_unk: bool = False,
+    record_start: bool = True,
+) -> Callable[[Params, Array], SampleResult]:
+    """Checks the options and encodes the prime now (a bad prime fails before
+    any training or compute); returns `sampler(params, key) -> SampleResult`.
+
+    Repeated calls reuse the compiled code (e.g. once per evaluation in the
+    training loop): only params and key change.
+    """
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
+            f"{model.config.vocab_size}"
+        )
+    check_options(tokenizer.vocab_size, temperature, top_k, length)
+    stop_id = None
+    if stop_at_record_end:
+        stop_id = tokenizer.record_separator_id
+        if stop_id is None:
+            raise ValueError(
+                "stop at record end: the vocabulary has no record separator "
+                f"({RECORD_SEPARATOR!r}); only corpora of records (such as dnd_spells) have one"
+            )
+    encoded = encode_prime(tokenizer, prime, allow_unk=allow_unk, record_start=record_start)
+    model = sampling_model(model)
+
+    def sampler(params: Params, key: Array) -> SampleResult:
+        gen = generate(
+            model,
+            params,
+            encoded.ids,
+            key,
+            length=length,
+            num_samples=num_samples,
+            temperature=temperature,
+            top_k=top_k,
+            greedy=greedy,
+            stop_id=stop_id,
+        )
+        return decode_generation(tokenizer, encoded, gen, stop_id=stop_id)
+
+    return sampler
+
+
+def sample_text(
+    model: LanguageModel,
+    params: Params,
+    tokenizer: Tokenizer,
+    key: Array,
+    *,
+    prime: str = "",
+    length: int,
+    **options: Any,
+) -> SampleResult:
+    """One-shot `make_sampler(...)(params, key)`; options as `make_sampler`."""
+    return make_sampler(model, tokenizer, prime=prime, length=length, **options)(params, key)
+
+
+# ----------------------------------------------------------------------------
+# Restoring a workdir: meta (config, tokenizer), then the params alone.
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    model: LanguageModel  # on the "scan" layer (see `sampling_model`)
+    params: Params
+    tokenizer: Tokenizer
+    step: int
+    meta: dict[str, Any]  # the checkpoint's JSON meta: config, val_loss, ...
+    workdir: pathlib.Path
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _from_meta_or_file(meta: dict, key: str, path: pathlib.Path, what: str, where: str) -> dict:
+    """meta[key], else the JSON file the training run writes into the workdir."""
+    if meta.get(key) is not None:
+        return meta[key]
+    if path.is_file():
+        return json.loads(path.read_text())
+    raise CheckpointError(
+        f"the checkpoint {where} has no {what} in its meta and {path} does not exist: it was "
+        f"not written by lstm_jax.train, or the {what} was removed; cannot sample without it"
+    )
+
+
+def restore(workdir: str | pathlib.Path, checkpoint: str | int = "latest") -> Restored:
+    """Model, params and tokenizer from a training workdir.
+
+    Only `state.params` is read from the checkpoint (orbax partial restore),
+    into the structure that the saved config's model defines; the optimizer
+    state is never loaded. The tokenizer and config come from the checkpoint's
+    meta (falling back to the workdir's tokenizer.json / config.json), and the
+    tokenizer's size is checked against the saved embedding/readout shapes.
+    """
+    workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+        raise CheckpointError(f"workdir {workdir} does not exist")
+    ckpt_dir = workdir / "checkpoints"
+    if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+        raise CheckpointError(
+            f"no checkpoint in {ckpt_dir}; train one first: "
+            f"python -m lstm_jax.train --config configs/... --workdir {workdir}"
+        )
+    ckpt = Checkpointer(ckpt_dir, read_only=True)
+    try:
+        step = ckpt.resolve_step(checkpoint)
+        meta = ckpt.restore_meta(step)
+    finally:
+        ckpt.close()
+    where = str(ckpt_dir / str(step))
+
+    tok_json = _from_meta_or_file(meta, "tokenizer", workdir / "tokenizer.json", "tokenizer", where)
+    try:
+        tokenizer = tokenizer_from_json(tok_json)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"the tokenizer of checkpoint {where} is unreadable: {e}") from e
+    config = _from_meta_or_file(meta, "config", workdir / "config.json", "config", where)
+
+    try:  # as train.build_model (not imported: train.py imports this module)
+        model = sampling_model(
+            LanguageModel(LMConfig(vocab_size=tokenizer.vocab_size, **config["model"]))
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"the config of checkpoint {where} does not define a model: {e}"
+        ) from e
+
+    manager = ocp.CheckpointManager(
+        ckpt_dir.absolute(),  # orbax refuses relative paths
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+    )
+    try:
+        try:
+            saved = manager.item_metadata(step)["state"]
+            saved_params = (saved.tree if hasattr(saved, "tree") else saved)["params"]
+        except Exception as e:  # orbax raises several types for unreadable files
+            raise CheckpointError(f"cannot read the params of checkpoint {where}: {e}") from e
+        saved_shapes = _shapes(saved_params)
+        vocab_dims = {
+            name: shape[0]
+            for name, shape in saved_shapes.items()
+            if name in ("['readout']['b']", "['embed']")
+        }
+        if any(v != tokenizer.vocab_size for v in vocab_dims.values()):
+            raise CheckpointError(
+                f"the tokenizer of checkpoint {where} has {tokenizer.vocab_size} tokens but the "
+                f"params were trained for a vocabulary of {max(vocab_dims.values())} "
+                f"({', '.join(f'{k}: {saved_shapes[k]}' for k in vocab_dims)}): the tokenizer "
+                "does not belong to these weights"
+            )
+        target = jax.eval_shape(model.init, jax.random.key(0))
+        expected = _shapes(target)
+        if expected != saved_shapes:
+            diffs = [
+                f"{k}: saved {saved_shapes.get(k)} vs config {expected.get(k)}"
+                for k in sorted(saved_shapes.keys() | expected.keys())
+                if saved_shapes.get(k) != expected.get(k)
+            ]
+            raise CheckpointError(
+                f"the params of checkpoint {where} do not match the model its config "
+                f"describes ({'; '.join(diffs[:5])})"
+            )
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        restore_args = jax.tree.map(
+            lambda s: ocp.ArrayRestoreArgs(global_shape=s.shape, dtype=s.dtype, sharding=device),
+            target,
+        )
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item={"params": target},
+                    restore_args={"params": restore_args},
+                    partial_restore=True,
+                )
+            ),
+        )
+        params = restored["state"]["params"]
+    finally:
+        manager.close()
+    return Restored(model, params, tokenizer, step, meta, workdir)
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The CLI's flags, defined only when run as a program: the training loop
+    imports this module, and absl flags are global (train.py has --workdir too)."""
+    flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/ (required).")
+    flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' (lowest val loss) or a step.")
+    flags.DEFINE_string("prime", "", "Text to start from ('' = the start of a record).")
+    flags.DEFINE_integer("length", 200, "Tokens to generate per sample (at most).")
+    flags.DEFINE_float(
+        "temperature", 1.0, "Softmax temperature (> 0); lower = safer, higher = wilder."
+    )
+    flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens only (0 = all).")
+    flags.DEFINE_bool("greedy", False, "Take the most likely token at every step (argmax).")
+    flags.DEFINE_integer("num_samples", 1, "Samples drawn in parallel (one batch).")
+    flags.DEFINE_integer("seed", 0, "PRNG seed: the same seed gives the same samples.")
+    flags.DEFINE_bool("stop_at_record_end", False, "End a sample at the record separator.")
+    flags.DEFINE_bool("allow_unk", False, "Word-level: map unknown prime words to <unk>.")
+    flags.DEFINE_bool("record_start", True, "Read the record start ('\\n␞\\n') before the prime.")
+    flags.DEFINE_bool("rank", False, "Print samples by mean log-likelihood, most likely first.")
+    flags.DEFINE_bool(
+        "interactive", False, "Prompt for primes in a loop (empty line = record start)."
+    )
+
+
+def _show(text: str) -> str:
+    return text.replace(RECORD_SEPARATOR, "␞")
+
+
+def format_result(result: SampleResult, *, greedy: bool, rank: bool = False) -> str:
+    """The CLI's report: prime likelihood, then each sample with its own."""
+    lines = []
+    if result.prime_scored_tokens:
+        lines.append(
+            f"prime {result.prime!r}: log-likelihood {result.prime_log_likelihood:.3f} "
+            f"nats/token over {result.prime_scored_tokens} token(s)"
+        )
+    order = list(enumerate(result.samples, 1))
+    if rank:
+        order.sort(key=lambda x: -x[1].mean_log_likelihood)
+    for i, s in order:
+        lines.append(
+            f"--- sample {i}{' (greedy)' if greedy else ''}: {s.num_tokens} tokens"
+            f"{', record end' if s.ended else ''}, log-likelihood "
+            f"{s.mean_log_likelihood:.3f} nats/token (total {s.log_likelihood:.1f})"
+        )
+        lines.append(_show(s.text))
+    return "\n".join(lines)
+
+
+def _describe(r: Restored) -> str:
+    c = r.model.config
+    val = r.meta.get("val_loss")
+    return (
+        f"{r.workdir}: step {r.step}"
+        + (f" (val loss {val:.3f} nats/token)" if val is not None else "")
+        + f", {r.tokenizer.kind}-level vocabulary of {r.tokenizer.vocab_size:,}, "
+        f"{c.num_layers}x{c.hidden_size} {c.cell}"
+    )
+
+
+def interactive_loop(
+    restored: Restored,
+    options: dict[str, Any],
+    seed: int,
+    *,
+    greedy: bool,
+    rank: bool,
+    lines: Iterator[str] | None = None,
+    out: Callable[[str], None] = print,
+) -> None:
+    """Reads primes (one per line) until EOF or ':q'; prompt i uses fold_in(key(seed), i)."""
+    if lines is None:
+
+        def stdin_lines():
+            while True:
+                try:
+                    yield input("prime> ")
+                except EOFError:
+                    return
+
+        lines = stdin_lines()
+    base = jax.random.key(seed)
+    for i, line in enumerate(lines):
+        if line.strip() in (":q", ":quit"):
+            return
+        try:
+            sampler = make_sampler(restored.model, restored.tokenizer, prime=line, **options)
+        except ValueError as e:
+            out(f"error: {e}")
+            continue
+        result = sampler(restored.params, jax.random.fold_in(base, i))
+        out(format_result(result, greedy=greedy, rank=rank))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.ERROR)  # orbax warns about read-only managers
+    options = dict(
+        length=FLAGS.length,
+        num_samples=FLAGS.num_samples,
+        temperature=FLAGS.temperature,
+        top_k=FLAGS.top_k,
+        greedy=FLAGS.greedy,
+        stop_at_record_end=FLAGS.stop_at_record_end,
+        allow_unk=FLAGS.allow_unk,
+        record_start=FLAGS.record_start,
+    )
+    which = FLAGS.checkpoint
+    try:
+        if FLAGS.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {FLAGS.num_samples}")
+        check_options(None, FLAGS.temperature, FLAGS.top_k, FLAGS.length)
+        if which not in ("latest", "best") and not which.isdigit():
+            raise ValueError(f"--checkpoint must be 'latest', 'best' or a step, got {which!r}")
+        restored = restore(FLAGS.workdir, which)
+        print(_describe(restored))
+        how = (
+            "greedy"
+            if FLAGS.greedy
+            else f"temperature {FLAGS.temperature:g}, top_k {FLAGS.top_k or 'off'}, "
+            f"seed {FLAGS.seed}"
+        )
+        print(f"sampling: {how}; {FLAGS.num_samples} x up to {FLAGS.length} tokens")
+        if FLAGS.interactive:
+            interactive_loop(restored, options, FLAGS.seed, greedy=FLAGS.greedy, rank=FLAGS.rank)
+            return
+        sampler = make_sampler(restored.model, restored.tokenizer, prime=FLAGS.prime, **options)
+        result = sampler(restored.params, jax.random.key(FLAGS.seed))
+    except (ValueError, CheckpointError) as e:
+        sys.exit(f"lstm_jax.sample: error: {e}")
+    print(format_result(result, greedy=FLAGS.greedy, rank=FLAGS.rank))
+
+
+if __name__ == "__main__":
+    define_flags()
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

@@ -1,0 +1,158 @@
+"""The "onednn" layer (lstm_jax/onednn.py: oneDNN's LSTM primitive through the
+XLA FFI) against plain autodiff of the reference scan.
+
+oneDNN computes in fp32, so the layer runs in fp32 here and is compared with
+the float64 scan on the same (fp32-rounded) inputs, to 1e-5: forward outputs,
+final carries and gradients with respect to the parameters, the inputs and the
+incoming carry, for 1-3 layers, with a zero or a carried state, and with a
+reset mask (which the primitive cannot express, so "fused" runs it).
+
+Runs where the optional oneDNN wheels are installed (`.[onednn]`, which
+`make test` installs); there, a failing build is a failing test, not a skip.
+"""
+
+import importlib.metadata
+import json
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_distributed import run_python
+from test_fused import B, D, H, T, assert_trees_close, make, reset_mask, value_and_grads
+
+from lstm_jax import cells, onednn, recurrent
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(
+    not _installed("onednn-devel-cpu-gomp"),
+    reason="oneDNN not installed (pip install -e '.[onednn]')",
+)
+
+
+def cases(impl: str, num_layers: int, dtype) -> list:
+    """Value, outputs, final carries and gradients for {no reset, reset} x
+    {zero, carried state}, on the fp32-rounded inputs of test_fused.make."""
+    with jax.enable_x64(True):
+        cell, layers, xs, carried = make("lstm", num_layers)
+        zeros = recurrent.zero_stack_carry(cell, num_layers, B, H, jnp.float64)
+        as_dtype = lambda tree: jax.tree.map(  # noqa: E731
+            lambda a: a.astype(jnp.float32).astype(dtype), tree
+        )
+        layers, xs, carried, zeros = as_dtype((layers, xs, carried, zeros))
+
+        @jax.jit
+        def run(layers, xs, carried, zeros):
+            return [
+                value_and_grads(cell, layers, xs, c, r, impl)
+                for r in (None, reset_mask())
+                for c in (zeros, carried)
+            ]
+
+        return jax.device_get(run(layers, xs, carried, zeros))
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_onednn_equals_autodiff_of_scan(num_layers):
+    got = cases("onednn", num_layers, jnp.float32)
+    want = cases("scan", num_layers, jnp.float64)
+    assert_trees_close(jax.tree.map(lambda a: np.asarray(a, np.float64), got), want, tol=1e-5)
+
+
+def _stack_hlo(cell, reset) -> str:
+    layers = recurrent.init_stack(jax.random.key(0), cell, D, H, 2)
+    carries = recurrent.zero_stack_carry(cell, 2, B, H)
+
+    def loss(layers, xs):
+        _, hs = recurrent.run_stack(cell, layers, xs, carries, reset, impl="onednn")
+        return jnp.sum(hs)
+
+    xs = jnp.ones((B, T, D))
+    return jax.jit(jax.grad(loss)).lower(layers, xs).as_text()
+
+
+def test_lstm_runs_through_the_primitive():
+    """Without a reset, forward and backward of both layers are FFI calls
+    (the comparison above would also pass if every layer fell back)."""
+    hlo = _stack_hlo(cells.make_cell("lstm"), None)
+    assert hlo.count(onednn.FORWARD_TARGET) == 2
+    assert hlo.count(onednn.BACKWARD_TARGET) == 2
+
+
+@pytest.mark.parametrize("name", ["gru", "rnn_tanh"])
+def test_other_cells_and_resets_take_the_fused_path(name):
+    assert onednn.FORWARD_TARGET not in _stack_hlo(cells.make_cell(name), None)
+    reset = jnp.asarray(reset_mask())
+    assert onednn.FORWARD_TARGET not in _stack_hlo(cells.make_cell("lstm"), reset)
+
+
+def test_missing_onednn_names_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path))
+    with pytest.raises(onednn.OnednnUnavailable, match=r"pip install -e '\.\[onednn\]'"):
+        onednn.build()
+
+
+def test_build_failure_is_reported(monkeypatch, tmp_path):
+    """A compiler error surfaces with the compiler's message, and no .so is cached."""
+    bad = tmp_path / "broken.cc"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(onednn, "SOURCE", bad)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(onednn.OnednnUnavailable, match="building broken.cc failed"):
+        onednn.build()
+    assert not list((tmp_path / "cache").rglob("*.so"))
+
+
+# Two CPU devices in one process: the stack split by rows (shard_map), each
+# device calling the primitive on its own rows, against one device.
+ROWS_PER_DEVICE = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp
+    from lstm_jax import parallel, recurrent
+    from lstm_jax.cells import make_cell
+
+    parallel.use_cpu_devices(2)
+    mesh = parallel.data_mesh()
+    T, B, D, H = 9, 4, 3, 6
+    k = jax.random.split(jax.random.key(0), 4)
+    cell = make_cell("lstm")
+    layers = recurrent.init_stack(k[0], cell, D, H, 2)
+    carries = jax.tree.map(lambda c: jax.random.normal(k[1], c.shape),
+                           recurrent.zero_stack_carry(cell, 2, B, H))
+    xs = jax.random.normal(k[2], (B, T, D))
+    cot = jax.random.normal(k[3], (B, T, H))
+
+    def loss(layers, xs, carries, mesh, impl):
+        c, hs = recurrent.run_stack(cell, layers, xs, carries, impl=impl, mesh=mesh)
+        return jnp.sum(hs * cot) + sum(jnp.sum(x) for x in jax.tree.leaves(c))
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
+    one = jax.jit(lambda *a: grad(*a, None, "onednn"))(layers, xs, carries)
+    two = jax.jit(lambda *a: grad(*a, mesh, "onednn"))(layers, xs, carries)
+    ref = jax.jit(lambda *a: grad(*a, None, "scan"))(layers, xs, carries)
+    diff = lambda a, b: max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(
+        jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    print("RESULT " + json.dumps({"devices": jax.device_count(),
+                                  "two_vs_one": diff(two, one), "one_vs_scan": diff(one, ref)}))
+    """
+)
+
+
+def test_two_devices_each_run_the_primitive():
+    out = run_python(["-c", ROWS_PER_DEVICE])
+    result = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert result["devices"] == 2
+    assert result["two_vs_one"] < 1e-5, result
+    assert result["one_vs_scan"] < 1e-4, result  # fp32 against fp32
