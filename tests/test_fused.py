@@ -68,13 +68,20 @@ def assert_trees_close(a, b, tol=1e-5):
 
 
 @functools.cache
-def all_cases(impl, name, num_layers):
+def all_cases(impl, name, num_layers, dtype=None):
     """Forward values and gradients for {no reset, reset} x {zero, carried
     state}, one jitted function per (impl, cell, depth) to keep compiles few;
-    cached, so the scan reference is computed once for all the tests."""
+    cached, so the scan reference is computed once for all the tests.
+    `dtype`: None runs in float64; a dtype rounds every input to float32 first
+    and runs in `dtype` (fp32-only layers against the float64 scan on the
+    very same values)."""
     with jax.enable_x64(True):
         cell, layers, xs, carried = make(name, num_layers)
         zeros = recurrent.zero_stack_carry(cell, num_layers, B, H, jnp.float64)
+        if dtype is not None:
+            layers, xs, carried, zeros = jax.tree.map(
+                lambda a: a.astype(jnp.float32).astype(dtype), (layers, xs, carried, zeros)
+            )
 
         @jax.jit
         def run(layers, xs, carried, zeros):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_distributed import run_python
-from test_fused import B, D, H, T, assert_trees_close, make, reset_mask, value_and_grads
+from test_fused import B, D, H, T, all_cases, assert_trees_close, reset_mask
 
 from lstm_jax import cells, onednn, recurrent
 
@@ -40,32 +40,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def cases(impl: str, num_layers: int, dtype) -> list:
-    """Value, outputs, final carries and gradients for {no reset, reset} x
-    {zero, carried state}, on the fp32-rounded inputs of test_fused.make."""
-    with jax.enable_x64(True):
-        cell, layers, xs, carried = make("lstm", num_layers)
-        zeros = recurrent.zero_stack_carry(cell, num_layers, B, H, jnp.float64)
-        as_dtype = lambda tree: jax.tree.map(  # noqa: E731
-            lambda a: a.astype(jnp.float32).astype(dtype), tree
-        )
-        layers, xs, carried, zeros = as_dtype((layers, xs, carried, zeros))
-
-        @jax.jit
-        def run(layers, xs, carried, zeros):
-            return [
-                value_and_grads(cell, layers, xs, c, r, impl)
-                for r in (None, reset_mask())
-                for c in (zeros, carried)
-            ]
-
-        return jax.device_get(run(layers, xs, carried, zeros))
-
-
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 def test_onednn_equals_autodiff_of_scan(num_layers):
-    got = cases("onednn", num_layers, jnp.float32)
-    want = cases("scan", num_layers, jnp.float64)
+    got = all_cases("onednn", "lstm", num_layers, jnp.float32)
+    want = all_cases("scan", "lstm", num_layers, jnp.float64)
     assert_trees_close(jax.tree.map(lambda a: np.asarray(a, np.float64), got), want, tol=1e-5)
 
 
