@@ -257,6 +257,11 @@ def test_bench_cli_and_json_rows():
     both = bench.ratios(ours, [ours, peer, fast])
     assert both["vs_torch"] == pytest.approx(2.0)
     assert both["vs_torch_best"] == pytest.approx(2 / 3)
+    assert both["vs_torch_as_shipped"] == pytest.approx(2.0)  # the retain row left out
+    assert "vs_torch_as_shipped" not in bench.ratios(ours, [ours, fast])
+    table = bench.markdown([ours, peer, fast], 270.0, [])
+    ours_line = next(line for line in table.splitlines() if "| ours: fused" in line)
+    assert "| 2.00x | 0.67x |" in ours_line  # as shipped, then best row
 
 
 def test_unknown_cell_falls_back_to_the_reference_scan():
