@@ -524,18 +524,18 @@ def ratios(row: Row, rows: list[Row]) -> dict[str, float]:
     allocator setting), "vs_torch_as_shipped" over the fastest one run with
     glibc's default allocator settings."""
     out = {}
-    best = {"vs_torch_best": 0.0, "vs_torch_as_shipped": 0.0}
+    torch_rates = {}  # torch row name -> tokens/s
     for other in rows:
         same = other.config == row.config and other.shape == row.shape
         if same and is_peer(other.impl) and other.impl != row.impl:
             out[f"vs_{other.impl}"] = row.tokens_per_s / other.tokens_per_s
             if other.impl.startswith("torch"):
-                best["vs_torch_best"] = max(best["vs_torch_best"], other.tokens_per_s)
-                if not other.impl.endswith("_retain"):
-                    shipped = max(best["vs_torch_as_shipped"], other.tokens_per_s)
-                    best["vs_torch_as_shipped"] = shipped
-    if not row.impl.startswith("torch"):
-        out.update({k: row.tokens_per_s / v for k, v in best.items() if v})
+                torch_rates[other.impl] = other.tokens_per_s
+    if torch_rates and not row.impl.startswith("torch"):
+        out["vs_torch_best"] = row.tokens_per_s / max(torch_rates.values())
+        shipped = [rate for name, rate in torch_rates.items() if not name.endswith("_retain")]
+        if shipped:
+            out["vs_torch_as_shipped"] = row.tokens_per_s / max(shipped)
     return out
 
 
