@@ -32,6 +32,7 @@ import json
 import math
 import pathlib
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -538,6 +539,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f"signal {stop.signum}: saved checkpoint at step {step}; exiting"
                     )
                     summary["interrupted_at"] = step
+                    summary["signal"] = stop.signum
                     break
     finally:
         progress.close()
@@ -591,6 +593,11 @@ def main(argv: list[str]) -> None:
     summary = train_and_evaluate(config, workdir)
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))
+    if summary.get("signal"):
+        # Saved, but not finished: exit as a shell reports a process killed by
+        # that signal (SIGTERM 143, SIGINT 130), so `train && sample`, a SLURM
+        # dependency or a Kubernetes Job does not take a preempted run as done.
+        sys.exit(128 + summary["signal"])
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def test_sigterm_saves_and_rerun_resumes(tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out.decode()[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM, out.decode()[-2000:]
     steps = checkpoint.Checkpointer(wd / "checkpoints", read_only=True).all_steps()
     assert len(steps) == 1 and steps[0] >= 3
     c = smoke("dnd:smoke", train__num_steps=steps[0] + 2, train__eval_every=0)
