@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.seq_len = 50  # T steps per window (truncated BPTT length)
     c.train.num_steps = 1000  # total optimizer steps
     c.train.log_every = 10  # steps between metrics.jsonl lines
+    c.train.evaluate = True  # score the validation split (False: no val loss, no best ckpt)
     c.train.eval_every = 200  # steps between validations (0 = only at the end)
     c.train.checkpoint_every = 200  # steps between checkpoints (0 = only at the end)
     c.train.keep_checkpoints = 2  # latest checkpoints kept (plus the best by val loss)
@@ -64,8 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.sample_prime = ""  # prime text for those samples ("" = record start)
     c.train.progress = True  # show a progress bar
     # XLA:CPU's matmul library for the train/eval steps: "default" (XLA's choice)
-    # or "onednn" (1.17x on Zaremba small, ~1x elsewhere; lstm_jax/host.py).
+    # or "onednn" (faster at some sizes; docs/performance.md, lstm_jax/host.py).
     c.train.cpu_dots = "default"
+    c.train.profile_start_step = 0  # > 0: jax.profiler trace from this step into WORKDIR/tb
+    c.train.profile_num_steps = 5  # steps in that trace (TensorBoard's profile plugin)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"  # a name in lstm_jax.optim.OPTIMIZERS
@@ -91,8 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel.per_device_batch_size = 0  # > 0: global batch = this x devices (sets batch_size)
     c.parallel.shard_optimizer_state = False  # split optimizer moments over devices (ZeRO-1)
     # CPU only: expose the host as this many devices (0 = JAX's default, one), so the
-    # batch splits over cores; each core runs its own rows' recurrence. ~1.4x on
-    # char-rnn-sized models with 2 cores, slower for big readouts (docs/performance.md).
+    # batch splits over cores; each core runs its own rows' recurrence. Pays off for
+    # small models, not for big readouts (docs/performance.md).
     c.parallel.cpu_devices = 0
 
     c.lock()
@@ -107,6 +110,26 @@ def _check_keys(config: ml_collections.ConfigDict, reference: ml_collections.Con
             raise KeyError(f"unknown config key {path}{key!r}{hint}")
         if isinstance(config[key], ml_collections.ConfigDict):
             _check_keys(config[key], reference[key], f"{path}{key}.")
+
+
+def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with every field `base_config()` has: a config written before a
+    field existed (an older workdir's config.json) gets that field's default, so
+    the rest of the code reads every field directly. The one place defaults are
+    filled in."""
+    full = base_config()
+    _fill(full, config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config)
+    return full
+
+
+def _fill(target: ml_collections.ConfigDict, values: dict) -> None:
+    for key, value in values.items():
+        if key not in target:
+            continue  # validate() reports unknown keys
+        if isinstance(value, dict):
+            _fill(target[key], value)
+        else:
+            target[key] = value
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -132,12 +155,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1:
         raise ValueError("data.val_fraction and data.test_fraction must be in [0, 1)")
-    cpu_devices = config.get("parallel", base_config().parallel).cpu_devices
+    full = complete(config)
+    cpu_devices = full.parallel.cpu_devices
     if cpu_devices < 0:
         raise ValueError(
             f"parallel.cpu_devices must be >= 0 (0 = JAX's default), got {cpu_devices}"
         )
-    cpu_dots = t.get("cpu_dots", "default")
+    for name in ("profile_start_step", "profile_num_steps"):
+        if full.train[name] < 0:
+            raise ValueError(f"train.{name} must be >= 0, got {full.train[name]}")
+    cpu_dots = full.train.cpu_dots
     if cpu_dots not in host.CPU_DOT_LIBRARIES:
         raise ValueError(
             f"unknown train.cpu_dots {cpu_dots!r}; valid: {sorted(host.CPU_DOT_LIBRARIES)}"

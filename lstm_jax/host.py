@@ -1,4 +1,5 @@
-"""Host-process settings for XLA:CPU: keep freed memory for the next step.
+"""Host-process settings: the persistent compilation cache, and (XLA:CPU)
+keeping freed memory for the next step.
 
 Every call of a compiled train step asks the C allocator for its temporaries
 (activations, gradients, the optimizer's new state) and frees them at the end.
@@ -24,7 +25,43 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import pathlib
 import platform
+
+# The persistent compilation cache: a resume, a sample or a second run with the
+# same shapes loads its compiled steps from disk instead of compiling again.
+COMPILE_CACHE_ENV = "LSTM_JAX_COMPILE_CACHE"  # a directory, or "off"
+
+
+def compile_cache_dir() -> pathlib.Path | None:
+    """$LSTM_JAX_COMPILE_CACHE if set ("off", "0" or "" turn the cache off),
+    else $XDG_CACHE_HOME/lstm_jax/jax (by default ~/.cache/lstm_jax/jax)."""
+    value = os.environ.get(COMPILE_CACHE_ENV)
+    if value is not None:
+        off = value.strip().lower() in ("", "0", "off", "none", "false")
+        return None if off else pathlib.Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(base) / "lstm_jax" / "jax"
+
+
+def enable_compile_cache() -> pathlib.Path | None:
+    """Turn on JAX's persistent compilation cache in `compile_cache_dir()`,
+    caching every compiled program whatever its compile time. A directory the
+    user gave JAX itself (JAX_COMPILATION_CACHE_DIR) wins. Returns the
+    directory in use, or None when the cache is off."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return pathlib.Path(jax.config.jax_compilation_cache_dir)
+    directory = compile_cache_dir()
+    if directory is None:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
+
 
 # (mallopt parameter number from glibc's <malloc.h>, environment variable, value)
 _SETTINGS = (
@@ -92,3 +129,17 @@ def cpu_compiler_options(dots: str, backend: str | None = None) -> dict[str, boo
 
         backend = jax.default_backend()
     return dict(CPU_DOT_LIBRARIES[dots]) if backend == "cpu" else {}
+
+
+def seconds_since_process_start() -> float | None:
+    """Wall time since this process started (Linux: /proc), i.e. interpreter
+    start-up plus imports when called at the top of `main`; None elsewhere."""
+    try:
+        # Field 22 of /proc/self/stat is the start time in clock ticks after boot;
+        # the fields are counted after the parenthesised command name.
+        after_name = pathlib.Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start = int(after_name[19]) / os.sysconf("SC_CLK_TCK")
+        uptime = float(pathlib.Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - start)

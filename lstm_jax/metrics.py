@@ -5,9 +5,12 @@ Only process 0 of a multi-process run writes; the others get no-op sinks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pathlib
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -95,6 +98,12 @@ class Progress:
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
 
+    def set_postfix(self, **postfix: Any) -> None:
+        """Values shown after the bar (read at log steps: the bar never waits
+        for the device)."""
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+
     def write(self, message: str) -> None:
         if jax.process_index() != 0:
             return
@@ -106,3 +115,30 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class PhaseTimer:
+    """Wall time by phase, for the train CLI's breakdown.
+
+    `with timer.phase("evals"): ...` adds the block's wall time to "evals".
+    The caller makes the device finish what a phase started (for example by
+    reading a result) before the block ends; otherwise the time shows up in
+    whichever later phase waits for it.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def total(self, *names: str) -> float:
+        return sum(self.seconds.get(n, 0.0) for n in names)

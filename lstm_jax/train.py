@@ -4,15 +4,22 @@
     python -m lstm_jax.train --config configs/dnd.py:smoke --config.train.num_steps=50
     python launch/local.py -n 2 -- python -m lstm_jax.train --config ...   # 2 processes
 
-One linear loop (big_vision / Flax-examples style):
+`train_and_evaluate` reads top to bottom in named phases (the Flax examples'
+shape), each one short function:
 
-    config -> corpus -> tokenizer -> token ids -> train/valid split
-           -> TrainBatcher (B streams x T steps, carry passed across windows;
-                            each process reads only its own rows)
-           -> train_step(state, batch) -> (state, metrics)   [jit, donated state]
-           -> metrics.jsonl + TensorBoard + progress bar     [process 0 only]
-           -> evaluate() over the whole validation split with carried state
-           -> orbax checkpoint: state + data position + tokenizer + config
+    setup            config -> corpus -> tokenizer -> token ids -> splits checked
+                     -> TrainBatcher (B streams x T steps, carry passed across
+                        windows; each process reads only its own rows)
+                     -> model, optimizer, sampler, checkpointer
+    restore_or_init  the newest checkpoint's state (checked against this config),
+                     or a fresh one, built in place on the device mesh
+    compile_steps    train_step(state, batch) -> (state, metrics)  [jit, donated]
+                     and the eval step, compiled once, ahead of time
+    train_loop       batch -> train_step, dispatched without waiting; at a log,
+                     eval or checkpoint step the metrics since the last one are
+                     read at once (the only device-to-host sync), then:
+                     on_eval (validation + a sample), log, save
+    finish           the summary, with where the wall time went
 
 The same loop runs on one device, on the devices of one host and on many hosts
 (data parallel, see lstm_jax/parallel.py): the state lives on a 1-D device mesh,
@@ -23,11 +30,17 @@ loss is the mean over the global batch, so N devices compute what one would.
 A rerun in the same workdir resumes from the latest checkpoint, exactly:
 parameters, optimizer state, carried state, step and data position are all
 restored, and per-step randomness is `fold_in(key(seed), step)`.
+
+Exit codes of the CLI: 0 finished; 2 a user error (one line on stderr;
+--verbose for the traceback); 3 the loss became non-finite (the last good
+checkpoint is kept); 128+N stopped by signal N after saving (SIGINT 130,
+SIGTERM 143): the run is not finished, rerun the same command to resume.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import pathlib
@@ -42,16 +55,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
+from lstm_jax import cli, host, optim, parallel
 from lstm_jax import config as config_lib
-from lstm_jax import host, optim, parallel
 from lstm_jax import sample as sampling
 from lstm_jax.checkpoint import Checkpointer, CheckpointError
 from lstm_jax.data import batching, corpora, tokenizers
-from lstm_jax.metrics import MetricWriter, Progress, per_token_report, unigram_loss
+from lstm_jax.metrics import (
+    MetricWriter,
+    PhaseTimer,
+    Progress,
+    per_token_report,
+    unigram_loss,
+)
 from lstm_jax.model import LanguageModel, LMConfig, count_params
 
 
@@ -96,6 +115,22 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
         fractions = (1.0 - d.val_fraction - d.test_fraction, d.val_fraction, d.test_fraction)
         splits = batching.split_by_fraction(ids, fractions)
     return Data(tokenizer, splits, corpus)
+
+
+def check_splits(data: Data, config: ml_collections.ConfigDict) -> None:
+    """Refuse, before any compute, a validation split that evaluation cannot
+    score (it needs at least one input/target pair). The training split's size
+    is checked by the TrainBatcher."""
+    if not config.train.evaluate:
+        return
+    n = len(data.splits.get("valid", ()))
+    if n < 2:
+        raise ValueError(
+            f"the validation split has {n} token(s) (data.val_fraction="
+            f"{config.data.val_fraction}); evaluation needs at least 2. Raise "
+            "--config.data.val_fraction, or turn evaluation off with "
+            "--config.train.evaluate=False."
+        )
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> LanguageModel:
@@ -229,6 +264,17 @@ def make_eval_step(
     )
 
 
+def _eval_inputs(
+    model: LanguageModel, batch: batching.Batch, batch_size: int, mesh: Mesh | None
+) -> tuple[Any, batching.Batch]:
+    """The zero carry and the batch, as the eval step takes them (on the mesh:
+    global arrays, every process passing all rows)."""
+    carry = model.init_carry(batch_size)
+    if mesh is None:
+        return carry, batch
+    return parallel.to_global(carry, mesh, batch_size), parallel.to_global(batch, mesh, batch_size)
+
+
 def evaluate(
     eval_step: Callable,
     model: LanguageModel,
@@ -241,22 +287,19 @@ def evaluate(
 ) -> float:
     """Mean nats/token over the split (every target once, state carried).
 
-    With a `mesh`, every process walks the same batches and feeds its devices'
-    rows (`eval_step` from `make_eval_step(model, mesh)`); the sums are global,
-    so the value is the single-process one whatever the number of processes.
+    The sums stay on the device until the last batch: one read, not one per
+    batch. With a `mesh`, every process walks the same batches and feeds its
+    devices' rows (`eval_step` from `make_eval_step(model, mesh)`); the sums are
+    global, so the value is the single-process one whatever the number of processes.
     """
     total, count, carry = 0.0, 0.0, None
     for i, batch in enumerate(batching.eval_batches(ids, batch_size, seq_len)):
         if max_batches and i >= max_batches:
             break
-        if mesh is not None:
-            batch = parallel.to_global(batch, mesh, batch_size)
-        if carry is None:
-            carry = model.init_carry(batch_size)
-            carry = carry if mesh is None else parallel.to_global(carry, mesh, batch_size)
-        t, c, carry = eval_step(params, carry, batch)
-        total, count = total + float(t), count + float(c)
-    return total / max(count, 1.0)
+        first_carry, batch = _eval_inputs(model, batch, batch_size, mesh)
+        t, c, carry = eval_step(params, first_carry if carry is None else carry, batch)
+        total, count = total + t, count + c
+    return float(total) / max(float(count), 1.0)
 
 
 # ----------------------------------------------------------------------------
@@ -266,6 +309,8 @@ def evaluate(
 # (num_steps, eval/log cadence, learning rate schedule...) may change.
 COMPAT_SECTIONS = ("seed", "data", "model")
 COMPAT_FIELDS = ("optim.name", "train.batch_size", "train.seq_len")
+# Free to change on resume: how the same math is computed, not what it computes.
+COMPAT_EXEMPT = ("model.impl", "model.unroll", "model.matmul_precision")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -279,14 +324,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def compat_view(config: dict) -> dict:
-    """The dotted fields of `config` that a resumed run must share."""
+    """The dotted fields of `config` that a resumed run must share; the data
+    path compared as an absolute path, so `data/x.txt` and `./data/x.txt` agree."""
     flat = _flatten(config)
-    return {
+    view = {
         k: v
         for k, v in flat.items()
-        if (k.split(".")[0] in COMPAT_SECTIONS or k in COMPAT_FIELDS)
-        and k not in ("model.impl", "model.unroll")
+        if (k.split(".")[0] in COMPAT_SECTIONS or k in COMPAT_FIELDS) and k not in COMPAT_EXEMPT
     }
+    if view.get("data.path"):
+        view["data.path"] = str(pathlib.Path(view["data.path"]).expanduser().resolve())
+    return view
 
 
 def check_compatible(saved: dict, current: dict, workdir: pathlib.Path) -> None:
@@ -309,12 +357,25 @@ def has_checkpoint(workdir: pathlib.Path) -> bool:
     return ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
 
 
+def check_workdir(workdir: pathlib.Path) -> None:
+    """A workdir must be a directory we can write (or a path we can create)."""
+    for p in (workdir, *workdir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise NotADirectoryError(
+                    f"--workdir {workdir}: {p} is a file, not a directory; pick another --workdir"
+                )
+            break
+
+
 class _StopSignal:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits.
 
     A save is collective, so with several processes all must stop at the same
     step: they agree every `every` steps (one tiny all-gather); one process
-    checks its flag every step at no cost.
+    checks its flag every step at no cost. A second SIGINT quits at once
+    (KeyboardInterrupt): checkpoints are written atomically, so the newest
+    finished one is kept.
     """
 
     def __init__(self):
@@ -328,7 +389,17 @@ class _StopSignal:
 
     def _handle(self, signum, frame):
         del frame
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signum = signum
+        if jax.process_index() == 0:
+            print(
+                f"lstm_jax.train: got {signal.Signals(signum).name}; finishing the step or "
+                "save in progress, saving a checkpoint, then exiting (Ctrl-C again quits "
+                "without saving; the newest finished checkpoint is kept)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def agreed(self, step: int, every: int) -> bool:
         if jax.process_count() == 1:
@@ -341,24 +412,55 @@ class _StopSignal:
 
 
 class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient norm stopped being finite; nothing after the
+    last good checkpoint is saved."""
+
     @classmethod
-    def at(cls, step: int, loss: float, ckpt: Checkpointer) -> NonFiniteLossError:
+    def at(cls, step: int, steps: tuple[int, int], loss: float, grad_norm: float, ckpt):
         return cls(
-            f"non-finite training loss ({loss}) at step {step}; stopping. The last good "
-            f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}. "
-            "Try a lower optim.learning_rate or gradient clipping."
+            f"non-finite training loss ({loss}, gradient norm {grad_norm}) at step {step}, "
+            f"the first bad one of steps {steps[0]}-{steps[1]} (read together); stopping. "
+            f"The last good checkpoint (step {ckpt.latest_step()}) is kept in "
+            f"{ckpt.directory}. Try a lower optim.learning_rate or gradient clipping."
         )
 
 
 # ----------------------------------------------------------------------------
-# The loop.
+# The run, in phases.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (or resume) in `workdir`; returns a summary of the run."""
+class Steps(NamedTuple):
+    """The compiled train and eval steps."""
+
+    train: Callable
+    eval: Callable
+
+
+@dataclasses.dataclass
+class Run:
+    """What the phases share; built once by `setup`."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    mesh: Mesh
+    data: Data
+    batcher: batching.TrainBatcher
+    model: LanguageModel
+    optimizer: optax.GradientTransformationExtraArgs
+    schedule: Callable
+    ckpt: Checkpointer
+    meta: dict | None  # the newest checkpoint's metadata, None for a fresh run
+    sampler: Callable | None
+    timer: PhaseTimer
+    shardings: TrainState | None = None  # set by restore_or_init
+    steps: Steps | None = None  # set by compile_steps
+
+
+def resolve_config(config: ml_collections.ConfigDict, num_devices: int):
+    """Validated, every field present, and the global batch size recorded."""
     config_lib.validate(config)
-    mesh = parallel.data_mesh()
-    par = config.get("parallel", config_lib.base_config().parallel)
+    config = config_lib.complete(config)
+    par = config.parallel
     cpu = jax.default_backend() == "cpu"
     if cpu and par.cpu_devices and jax.local_device_count() != par.cpu_devices:
         logging.warning(  # JAX started before main() could set it (a library caller)
@@ -368,31 +470,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             jax.local_device_count(),
         )
     batch_size = parallel.global_batch_size(
-        config.train.batch_size, par.per_device_batch_size, mesh.devices.size
+        config.train.batch_size, par.per_device_batch_size, num_devices
     )
     if batch_size != config.train.batch_size:  # per-device batch given: record the global one
         config = copy.deepcopy(config)
         config.train.batch_size = batch_size
-    workdir_path = pathlib.Path(workdir)
+    return config
+
+
+def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path, timer: PhaseTimer) -> Run:
+    """Everything but the state, checked before any compute: the workdir and an
+    earlier run's config, the data and its splits, the model, the sampler."""
+    mesh = parallel.data_mesh()
+    config = resolve_config(config, mesh.devices.size)
+    check_workdir(workdir)
     cfg_dict = config.to_dict()
-    saved_config = workdir_path / "config.json"
-    if saved_config.exists() and has_checkpoint(workdir_path):  # before any compute
-        check_compatible(json.loads(saved_config.read_text()), cfg_dict, workdir_path)
+    saved_config = workdir / "config.json"
+    if saved_config.exists() and has_checkpoint(workdir):
+        check_compatible(_read_json(saved_config), cfg_dict, workdir)
 
     t = config.train
-    data = load_data(config)
-    tokenizer = data.tokenizer
-    ckpt = Checkpointer(workdir_path / "checkpoints", keep=t.keep_checkpoints)
-    latest = ckpt.latest_step()
-    meta = ckpt.restore_meta(latest) if latest is not None else None
-    if meta is not None:
-        check_compatible(meta["config"], cfg_dict, workdir_path)
-        if meta["tokenizer"] != tokenizer.to_json():
-            raise CheckpointError(
-                f"the corpus no longer gives the vocabulary the checkpoint in {workdir} was "
-                "trained with. Refusing to resume: use a new --workdir."
-            )
-
+    with timer.phase("data"):
+        data = load_data(config)
+        check_splits(data, config)
     shard_index, num_shards = parallel.process_rows(mesh)
     batcher = batching.TrainBatcher(  # this process's rows of every global batch
         data.splits["train"],
@@ -403,155 +503,363 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         shard_index=shard_index,
         num_shards=num_shards,
     )
-    model = build_model(config, tokenizer.vocab_size)
+    model = build_model(config, data.tokenizer.vocab_size)
     # A short sample at each evaluation, as min-char-rnn prints one. Built here so
     # a prime the vocabulary cannot encode fails before any compute.
     sampler = None
     if t.sample_length:
         sampler = sampling.make_sampler(
             model,
-            tokenizer,
+            data.tokenizer,
             prime=t.sample_prime,
             length=t.sample_length,
-            stop_at_record_end=tokenizer.record_separator_id is not None,
+            stop_at_record_end=data.tokenizer.record_separator_id is not None,
         )
     optimizer = optim.make_optimizer(config.optim, batcher.steps_per_epoch)
     schedule = optim.make_schedule(config.optim, batcher.steps_per_epoch)
-    make_state = lambda: init_state(config, model, optimizer, t.batch_size)
-    shardings = state_sharding(mesh, jax.eval_shape(make_state), par.shard_optimizer_state)
-    state = jax.jit(make_state, out_shardings=shardings)()  # built in place on the mesh
 
+    ckpt = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
+    latest = ckpt.latest_step()
+    meta = ckpt.restore_meta(latest) if latest is not None else None
+    if meta is not None:
+        check_compatible(meta["config"], cfg_dict, workdir)
+        if meta["tokenizer"] != data.tokenizer.to_json():
+            raise CheckpointError(
+                f"the corpus no longer gives the vocabulary the checkpoint in {workdir} was "
+                "trained with. Refusing to resume: use a new --workdir."
+            )
+    return Run(
+        config, workdir, mesh, data, batcher, model, optimizer, schedule, ckpt, meta, sampler, timer
+    )
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"cannot read {path} ({e}); restore it from a backup or use a new --workdir"
+        ) from e
+
+
+def restore_or_init(run: Run) -> TrainState:
+    """The newest checkpoint's state in this run's shardings (whatever mesh
+    wrote it), or a fresh one; then process 0 writes config.json and the tokenizer."""
+    config = run.config
+    make_state = lambda: init_state(config, run.model, run.optimizer, config.train.batch_size)
+    run.shardings = state_sharding(
+        run.mesh, jax.eval_shape(make_state), config.parallel.shard_optimizer_state
+    )
+    state = jax.jit(make_state, out_shardings=run.shardings)()  # built in place on the mesh
     parallel.barrier("lstm_jax.train: workdir read")  # before process 0 rewrites config.json
     if jax.process_index() == 0:
-        workdir_path.mkdir(parents=True, exist_ok=True)
-        saved_config.write_text(json.dumps(cfg_dict, indent=2) + "\n")
-        tokenizer.save(workdir_path / "tokenizer.json")
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        (run.workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        run.data.tokenizer.save(run.workdir / "tokenizer.json")
+    if run.meta is not None:
+        state = run.ckpt.restore_state(run.meta["step"], state)
+        run.batcher.restore(run.meta["data_state"])
+    return state
 
-    if meta is not None:  # into this run's shardings, whatever mesh wrote the checkpoint
-        state = ckpt.restore_state(latest, state)
-        batcher.restore(meta["data_state"])
-    start = int(state.step)
-    best_val = meta.get("best_val_loss") if meta else None
 
-    writer = MetricWriter(workdir_path, resume_step=start)
-    progress = Progress(t.num_steps, start, t.progress)
-    kind = config.data.tokenizer
-    val_ids = data.splits["valid"]
-    unigram = unigram_loss(data.splits["train"], val_ids, tokenizer.vocab_size)
-    n_params = count_params(state.params)
-    progress.write(
-        f"{data.corpus.description}: {len(data.splits['train']):,} train / {len(val_ids):,} "
-        f"valid tokens, vocab {tokenizer.vocab_size:,}; model {config.model.num_layers}x"
-        f"{config.model.hidden_size} {config.model.cell}, {n_params:,} parameters; "
-        f"{batcher.steps_per_epoch} steps/epoch" + (f"; resuming at step {start}" if start else "")
-    )
-    if mesh.devices.size > 1:
-        progress.write(parallel.describe(mesh, t.batch_size))
-
-    compiler_options = host.cpu_compiler_options(t.get("cpu_dots", "default"))
+def compile_steps(run: Run, state: TrainState) -> Steps:
+    """Compile the train and eval steps ahead of time, so the breakdown shows
+    each compile on its own (a hit in the persistent cache is a fast one)."""
+    config, t = run.config, run.config.train
+    options = host.cpu_compiler_options(t.cpu_dots)
+    learning_rate = lambda step, s: optim.current_learning_rate(config.optim, run.schedule, step, s)
+    mesh = run.mesh
     train_step = make_train_step(
-        model,
-        optimizer,
-        lambda step, s: optim.current_learning_rate(config.optim, schedule, step, s),
-        mesh,
-        shardings,
-        compiler_options,
+        run.model, run.optimizer, learning_rate, mesh, run.shardings, options
     )
-    eval_step = make_eval_step(model, mesh, compiler_options)
+    position = run.batcher.state()  # a batch of the right shapes, then rewind
+    batch = parallel.to_global(run.batcher.next_batch(), mesh, t.batch_size)
+    run.batcher.restore(position)
+    with run.timer.phase("compile_train"):
+        train_compiled = train_step.lower(state, batch).compile()
+    eval_step = make_eval_step(run.model, mesh, options)
+    if not t.evaluate:
+        return Steps(train_compiled, eval_step)
+    first = next(batching.eval_batches(run.data.splits["valid"], t.batch_size, t.seq_len))
+    carry, first = _eval_inputs(run.model, first, t.batch_size, mesh)
+    with run.timer.phase("compile_eval"):
+        eval_compiled = eval_step.lower(state.params, carry, first).compile()
+    return Steps(train_compiled, eval_compiled)
 
-    def run_eval() -> float:
-        return evaluate(
-            eval_step,
-            model,
-            state.params,
-            val_ids,
-            t.batch_size,
-            t.seq_len,
-            t.max_eval_batches,
-            mesh,
+
+class Window:
+    """The steps since the device was last read. Their metrics stay on the
+    device; `read` fetches them all at once, checks that they are finite, and
+    returns the last step's values with the window's throughput."""
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.steps: list[int] = []
+        self.metrics: list[dict] = []
+        self.start = time.perf_counter()
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.steps.append(step)
+        self.metrics.append(metrics)
+
+    def read(self, ckpt: Checkpointer) -> dict[str, float]:
+        with jax.transfer_guard_device_to_host("allow"):
+            values = jax.device_get(self.metrics)  # waits for the window's last step
+        for step, v in zip(self.steps, values, strict=True):
+            # A non-finite gradient makes the next parameters non-finite: the
+            # state after this step must not be saved either.
+            loss, grad_norm = float(v["train_loss"]), float(v["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                span = (self.steps[0], self.steps[-1])
+                raise NonFiniteLossError.at(step, span, loss, grad_norm, ckpt)
+        row = {k: float(x) for k, x in values[-1].items()}
+        elapsed = time.perf_counter() - self.start
+        row["tokens_per_s"] = len(self.steps) * self.tokens_per_step / max(elapsed, 1e-9)
+        return row
+
+    def reset(self) -> None:
+        self.steps, self.metrics = [], []
+        self.start = time.perf_counter()
+
+
+class Events(NamedTuple):
+    """What a step triggers besides the step itself."""
+
+    log: bool
+    eval: bool
+    checkpoint: bool
+
+    @classmethod
+    def at(cls, step: int, t: ml_collections.ConfigDict) -> Events:
+        last = step == t.num_steps
+        is_eval = bool((t.eval_every and step % t.eval_every == 0) or last)
+        return cls(
+            log=step % t.log_every == 0 or is_eval,
+            eval=is_eval,
+            checkpoint=bool((t.checkpoint_every and step % t.checkpoint_every == 0) or is_eval),
         )
 
-    def save(step: int, val_loss: float | None) -> None:
-        meta = {
-            "step": step,
-            "data_state": batcher.state(),
-            "tokenizer": tokenizer.to_json(),
-            "config": cfg_dict,
-            "val_loss": val_loss,
-            "best_val_loss": best_val,
-        }
-        ckpt.save(step, state, meta, val_loss)
 
-    summary: dict[str, Any] = {"unigram_val_loss": unigram, "num_params": n_params}
-    val_loss = None
-    tokens_per_step = t.batch_size * t.seq_len
-    window_start, window_steps = time.perf_counter(), 0
-    try:
-        with _StopSignal() as stop:
-            for step in range(start + 1, t.num_steps + 1):
-                batch = parallel.to_global(batcher.next_batch(), mesh, t.batch_size)
-                state, metrics = train_step(state, batch)
-                loss = float(metrics["train_loss"])
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError.at(step, loss, ckpt)
-                window_steps += 1
-                progress.update(1, loss=f"{loss:.3f}")
-                is_eval = (t.eval_every and step % t.eval_every == 0) or step == t.num_steps
-                row = None
-                if step % t.log_every == 0 or is_eval:
-                    elapsed = time.perf_counter() - window_start
-                    row = {k: float(v) for k, v in metrics.items()}
-                    row["tokens_per_s"] = window_steps * tokens_per_step / max(elapsed, 1e-9)
-                    row["epoch"] = step / batcher.steps_per_epoch
-                    window_start, window_steps = time.perf_counter(), 0
-                if is_eval:
-                    val_loss = run_eval()
-                    best_val = val_loss if best_val is None else min(best_val, val_loss)
-                    row.update(
-                        val_loss=val_loss,
-                        **{f"val_{k}": v for k, v in per_token_report(val_loss, kind).items()},
-                    )
-                    progress.write(
-                        f"step {step}: train {loss:.4f}  val {val_loss:.4f} nats/token "
-                        + " ".join(
-                            f"{k} {v:.3f}" for k, v in per_token_report(val_loss, kind).items()
-                        )
-                    )
-                if is_eval and sampler is not None and jax.process_index() == 0:
-                    # process 0 alone, on its local replica: no collective to wait on
-                    local_params = jax.tree.map(lambda x: x.addressable_data(0), state.params)
-                    key = jax.random.fold_in(jax.random.key(config.seed), step)
-                    text = sampler(local_params, key).samples[0].text
-                    progress.write(f"sample at step {step}: {text!r}")
-                    writer.text(step, "sample", text)
-                if row is not None:
+class Profile:
+    """A jax.profiler trace of steps [start, start + num) into WORKDIR/tb,
+    where TensorBoard's profile plugin finds it (train.profile_start_step)."""
+
+    def __init__(self, t: ml_collections.ConfigDict, workdir: pathlib.Path):
+        self.first = t.profile_start_step
+        self.last = t.profile_start_step + t.profile_num_steps - 1
+        self.logdir = workdir / "tb"
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if self.first and step == self.first and jax.process_index() == 0:
+            jax.profiler.start_trace(str(self.logdir))
+            self.active = True
+
+    def after(self, step: int, state: TrainState) -> None:
+        if self.active and step >= self.last:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.active = False
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+def on_eval(
+    run: Run, state: TrainState, step: int, row: dict, writer: MetricWriter, progress: Progress
+) -> None:
+    """Validation loss (when evaluating) and a short sample, into `row`."""
+    t, kind = run.config.train, run.config.data.tokenizer
+    if t.evaluate:
+        with run.timer.phase("evals"):
+            val_loss = evaluate(
+                run.steps.eval,
+                run.model,
+                state.params,
+                run.data.splits["valid"],
+                t.batch_size,
+                t.seq_len,
+                t.max_eval_batches,
+                run.mesh,
+            )
+        report = per_token_report(val_loss, kind)
+        row.update(val_loss=val_loss, **{f"val_{k}": v for k, v in report.items()})
+        progress.write(
+            f"step {step}: train {row['train_loss']:.4f}  val {val_loss:.4f} nats/token "
+            + " ".join(f"{k} {v:.3f}" for k, v in report.items())
+        )
+    if run.sampler is not None and jax.process_index() == 0:
+        # process 0 alone, on its local replica: no collective to wait on
+        phase = "samples" if "compile_sample" in run.timer.seconds else "compile_sample"
+        with run.timer.phase(phase):  # the first call compiles the sampler
+            local_params = jax.tree.map(lambda x: x.addressable_data(0), state.params)
+            key = jax.random.fold_in(jax.random.key(run.config.seed), step)
+            text = run.sampler(local_params, key).samples[0].text
+        progress.write(f"sample at step {step}: {text!r}")
+        writer.text(step, "sample", text)
+
+
+def save(run: Run, state: TrainState, step: int, val_loss: float | None, best: float | None):
+    meta = {
+        "step": step,
+        "data_state": run.batcher.state(),
+        "tokenizer": run.data.tokenizer.to_json(),
+        "config": run.config.to_dict(),
+        "val_loss": val_loss,
+        "best_val_loss": best,
+    }
+    with run.timer.phase("checkpoints"):
+        run.ckpt.save(step, state, meta, val_loss)
+
+
+def train_loop(run: Run, state: TrainState, writer: MetricWriter, progress: Progress) -> dict:
+    """Steps from the state's step to train.num_steps; returns what happened."""
+    t = run.config.train
+    start = int(state.step)
+    best = run.meta.get("best_val_loss") if run.meta else None
+    outcome: dict[str, Any] = {"val_loss": None}
+    window, profile = Window(t.batch_size * t.seq_len), Profile(t, run.workdir)
+    loop_start = time.perf_counter()
+    with _StopSignal() as stop:
+        for step in range(start + 1, t.num_steps + 1):
+            # Dispatch and move on: the host prepares the next batch while the
+            # device computes. The guard makes any read of the device here an error.
+            with jax.transfer_guard_device_to_host("disallow_explicit"):
+                batch = parallel.to_global(run.batcher.next_batch(), run.mesh, t.batch_size)
+                profile.before(step)
+                state, metrics = run.steps.train(state, batch)
+                window.add(step, metrics)
+                profile.after(step, state)
+                progress.update(1)
+            events, stopping = Events.at(step, t), stop.agreed(step, every=t.log_every)
+            if not (any(events) or stopping):
+                continue
+            row = window.read(run.ckpt)  # the loop's only wait for the device
+            progress.set_postfix(loss=f"{row['train_loss']:.3f}")
+            row["epoch"] = step / run.batcher.steps_per_epoch
+            if events.eval:
+                on_eval(run, state, step, row, writer, progress)
+                outcome["val_loss"] = row.get("val_loss")
+                best = _best(best, row.get("val_loss"))
+            if events.eval or stopping:
+                row.update(time_breakdown(run.timer, time.perf_counter() - loop_start))
+            if events.log:
+                with run.timer.phase("logging"):
                     writer.write(step, row)
-                if (
-                    (t.checkpoint_every and step % t.checkpoint_every == 0)
-                    or is_eval
-                    or (step == t.num_steps)
-                ):
-                    save(step, val_loss if is_eval else None)
-                if stop.agreed(step, every=t.log_every):
-                    if ckpt.latest_step() != step:
-                        save(step, None)
-                    progress.write(
-                        f"signal {stop.signum}: saved checkpoint at step {step}; exiting"
-                    )
-                    summary["interrupted_at"] = step
-                    summary["signal"] = stop.signum
-                    break
-    finally:
-        progress.close()
-        writer.close()
-        ckpt.close()
+            if events.checkpoint or (stopping and run.ckpt.latest_step() != step):
+                save(run, state, step, row.get("val_loss"), best)
+            if stopping:
+                progress.write(f"signal {stop.signum}: saved checkpoint at step {step}; exiting")
+                outcome.update(interrupted_at=step, signal=stop.signum)
+                break
+            window.reset()
+    profile.close()
+    run.timer.add("loop", time.perf_counter() - loop_start)
+    outcome.update(final_step=int(state.step), best_val_loss=best)
+    return outcome
 
-    summary.update(final_step=int(state.step), val_loss=val_loss, best_val_loss=best_val)
-    if val_loss is not None:
-        summary.update({f"val_{k}": v for k, v in per_token_report(val_loss, kind).items()})
-        summary.update({f"unigram_{k}": v for k, v in per_token_report(unigram, kind).items()})
+
+def _best(best: float | None, value: float | None) -> float | None:
+    if value is None:
+        return best
+    return value if best is None else min(best, value)
+
+
+# Phases inside the loop that are not the train step; "steps" is the rest.
+LOOP_OVERHEAD = ("evals", "compile_sample", "samples", "logging", "checkpoints")
+
+
+def time_breakdown(timer: PhaseTimer, loop_seconds: float) -> dict[str, float]:
+    """Seconds by phase so far (time/...), the steps' share of the loop, and the
+    fraction of the loop's wall time spent outside the train step."""
+    overhead = timer.total(*LOOP_OVERHEAD)
+    out = {f"time/{k}": round(v, 4) for k, v in timer.seconds.items() if k != "loop"}
+    out["time/steps"] = round(max(0.0, loop_seconds - overhead), 4)
+    out["outside_step_fraction"] = round(overhead / loop_seconds, 4) if loop_seconds else 0.0
+    return out
+
+
+def finish(run: Run, outcome: dict, start: int, wall_start: float) -> dict[str, Any]:
+    """The summary: losses, baselines and where the wall time went."""
+    kind, splits = run.config.data.tokenizer, run.data.splits
+    unigram = None
+    if len(splits["valid"]):
+        unigram = unigram_loss(splits["train"], splits["valid"], run.data.tokenizer.vocab_size)
+    summary: dict[str, Any] = {
+        "unigram_val_loss": unigram,
+        "start_step": start,
+        **outcome,
+    }
+    if outcome["val_loss"] is not None:
+        for name, loss in (("val", outcome["val_loss"]), ("unigram", unigram)):
+            summary.update({f"{name}_{k}": v for k, v in per_token_report(loss, kind).items()})
+    timer = run.timer
+    timer.add("total", time.perf_counter() - wall_start)
+    loop = timer.seconds.pop("loop", 0.0)
+    breakdown = time_breakdown(timer, loop)
+    summary["time_s"] = {k.removeprefix("time/"): v for k, v in breakdown.items() if "/" in k}
+    summary["outside_step_fraction"] = breakdown["outside_step_fraction"]
+    named = sum(v for k, v in summary["time_s"].items() if k != "total")
+    summary["time_s"]["other"] = round(max(0.0, summary["time_s"]["total"] - named), 4)
+    steps_run = outcome["final_step"] - start
+    if steps_run and summary["time_s"]["steps"]:
+        summary["steps_per_s"] = round(steps_run / summary["time_s"]["steps"], 2)
     return summary
 
+
+def describe_run(run: Run, state: TrainState, progress: Progress) -> int:
+    """The run's one-line description; returns the parameter count."""
+    c, d, t = run.config, run.data, run.config.train
+    start, n_params = int(state.step), count_params(state.params)
+    progress.write(
+        f"{d.corpus.description}: {len(d.splits['train']):,} train / "
+        f"{len(d.splits['valid']):,} valid tokens, vocab {d.tokenizer.vocab_size:,}; model "
+        f"{c.model.num_layers}x{c.model.hidden_size} {c.model.cell}, "
+        f"{n_params:,} parameters; {run.batcher.steps_per_epoch} steps/epoch"
+        + (f"; resuming at step {start}" if start else "")
+    )
+    if run.mesh.devices.size > 1:
+        progress.write(parallel.describe(run.mesh, t.batch_size))
+    return n_params
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, startup_seconds: float | None = None
+) -> dict[str, Any]:
+    """Train (or resume) in `workdir`; returns a summary of the run, with the
+    wall time by phase (`time_s`). `startup_seconds`: the process's time before
+    this call (interpreter and imports), shown as the breakdown's "startup"."""
+    wall_start = time.perf_counter() - (startup_seconds or 0.0)
+    timer = PhaseTimer()
+    if startup_seconds is not None:
+        timer.add("startup", startup_seconds)
+    setup_start = time.perf_counter()
+    run = setup(config, pathlib.Path(workdir), timer)
+    timer.add("setup", time.perf_counter() - setup_start - timer.seconds["data"])
+    try:
+        with timer.phase("init"):
+            state = restore_or_init(run)
+        run.steps = compile_steps(run, state)
+        start = int(state.step)
+        writer = MetricWriter(run.workdir, resume_step=start)
+        progress = Progress(run.config.train.num_steps, start, run.config.train.progress)
+        n_params = describe_run(run, state, progress)
+        try:
+            outcome = train_loop(run, state, writer, progress)
+            outcome["num_params"] = n_params
+        finally:
+            progress.close()
+            writer.close()
+    finally:
+        with timer.phase("checkpoints"):
+            run.ckpt.close()  # waits for a save still being written
+    return finish(run, outcome, start, wall_start)
+
+
+# ----------------------------------------------------------------------------
+# The command line.
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).")
@@ -572,25 +880,36 @@ flags.DEFINE_bool(
     "retain_freed_memory",
     True,
     "Keep freed host memory in the process between train steps (glibc mallopt, "
-    "lstm_jax/host.py): no page faults on each step's fresh buffers; 1.14-1.39x "
-    "faster steps on CPU at the word-level sizes. --noretain_freed_memory: glibc's defaults.",
+    "lstm_jax/host.py), so each step's fresh buffers cause no page faults. "
+    "--noretain_freed_memory: glibc's defaults.",
 )
+
+# Exit codes (module docstring; README "Exit codes").
+EXIT_NON_FINITE = 3
 
 
 def main(argv: list[str]) -> None:
     del argv
+    startup = host.seconds_since_process_start()
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     config = FLAGS.config
-    if FLAGS.retain_freed_memory:
-        host.retain_freed_memory()  # before JAX starts its threads
-    par = config.get("parallel", config_lib.base_config().parallel)
-    parallel.use_cpu_devices(par.cpu_devices)  # before any JAX computation
+    notes = []
+    if FLAGS.retain_freed_memory and host.retain_freed_memory():  # before JAX starts threads
+        notes.append("glibc keeps freed memory between steps (--noretain_freed_memory: off)")
+    cache = host.enable_compile_cache()
+    notes.append(f"compile cache {cache}" if cache else "compile cache off")
+    parallel.use_cpu_devices(config_lib.complete(config).parallel.cpu_devices)
     parallel.initialize(
         FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
     config_file = config_flags.get_config_filename(FLAGS["config"])
     workdir = FLAGS.workdir or f"workdirs/{pathlib.Path(config_file.split(':')[0]).stem}"
-    summary = train_and_evaluate(config, workdir)
+    if jax.process_index() == 0:
+        print(f"lstm_jax.train: {jax.default_backend()}; " + "; ".join(notes), flush=True)
+    try:
+        summary = train_and_evaluate(config, workdir, startup_seconds=startup)
+    except NonFiniteLossError as e:
+        cli.fail(str(e), EXIT_NON_FINITE)
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))
     if summary.get("signal"):
@@ -601,5 +920,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main, required=["config"], program="lstm_jax.train")

@@ -3,7 +3,18 @@ import sys
 
 import pytest
 
+from lstm_jax import host
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache():
+    """The persistent compilation cache, as the CLIs use it: the many tests
+    that train the same smoke models compile each program once (subprocess
+    runs of the CLIs find the same directory: $LSTM_JAX_COMPILE_CACHE or the
+    user cache dir)."""
+    return host.enable_compile_cache()
 
 
 @pytest.fixture

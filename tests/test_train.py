@@ -127,7 +127,11 @@ def test_exact_resume_is_bitwise(tmp_path):
     assert [json.loads(x)["step"] for x in lines] == [5, 8, 10, 15, 16]
 
 
-def test_sigterm_saves_and_rerun_resumes(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_exits_128_plus_signal_and_rerun_resumes(tmp_path, signum):
+    """Preempted (SIGTERM) or interrupted (Ctrl-C): save, then exit 143 / 130,
+    so `train && sample` or a job scheduler does not take the run as finished."""
     wd = tmp_path / "wd"
     cmd = [
         sys.executable,
@@ -149,9 +153,10 @@ def test_sigterm_saves_and_rerun_resumes(tmp_path):
         metrics.exists() and metrics.read_text().count("\n") >= 3
     ):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, out.decode()[-2000:]
+    assert proc.returncode == 128 + signum, out.decode()[-2000:]
+    assert f"got {signal.Signals(signum).name}; finishing" in out.decode()
     steps = checkpoint.Checkpointer(wd / "checkpoints", read_only=True).all_steps()
     assert len(steps) == 1 and steps[0] >= 3
     c = smoke("dnd:smoke", train__num_steps=steps[0] + 2, train__eval_every=0)

@@ -1,0 +1,90 @@
+"""What the command lines share: a user error is one line on stderr and exit
+code 2, not a traceback; `--verbose` shows the traceback.
+
+    python -m lstm_jax.train --config configs/dnd.py --config.model.cell=lstmm
+    lstm_jax.train: error: unknown cell 'lstmm'; valid cells: ['gru', ...]
+      (--verbose shows the traceback)
+
+A user error is a bad flag or config value, a name that is not in a registry,
+a missing or unreadable file, a checkpoint that does not fit. Anything else is
+a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import app, flags
+
+from lstm_jax.checkpoint import CheckpointError
+
+EXIT_USER_ERROR = 2
+
+# Raised by the library for bad input: lstm_jax.config.validate and the
+# registries (ValueError, KeyError), the corpus readers (OSError and
+# UnicodeDecodeError, a ValueError), the checkpointer (CheckpointError).
+USER_ERRORS = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    FileExistsError,
+    CheckpointError,
+)
+
+FLAGS = flags.FLAGS
+
+
+def message(error: BaseException) -> str:
+    """The error's text without the quotes KeyError adds."""
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        return str(error.args[0])
+    return str(error)
+
+
+def fail(text: str, code: int = EXIT_USER_ERROR, *, program: str | None = None) -> None:
+    """Print `program: error: text` on stderr and exit with `code`."""
+    program = program or _program
+    print(f"{program}: error: {text}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+_program = "lstm_jax"
+_HINT = "  (--verbose shows the traceback)"
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's parse, with a bad flag or config override as a clean error.
+    ml_collections raises AttributeError for an unknown config key."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+        if "--verbose" in argv:
+            raise
+        text = message(e).replace("\\n", " ").strip("'\"")
+        print(f"{_program}: error: {text}\n{_HINT}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def run(main: Callable[[list[str]], None], *, required: Sequence[str], program: str) -> None:
+    """`absl.app.run(main)` with user errors (USER_ERRORS) reported in one
+    line and exit code 2; the traceback only with --verbose."""
+    global _program
+    _program = program
+    if "verbose" not in FLAGS:
+        flags.DEFINE_bool("verbose", False, "On an error, print the full traceback.")
+    flags.mark_flags_as_required(list(required))
+
+    def guarded(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except USER_ERRORS as e:
+            if FLAGS.verbose:
+                raise
+            print(f"{program}: error: {message(e)}\n{_HINT}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    app.run(guarded, flags_parser=_parse_flags)
