@@ -920,8 +920,12 @@ def machine_notes(args: argparse.Namespace, peer: TorchPeer) -> list[str]:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
         f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}), "
         f"default matmul precision {jax.config.jax_default_matmul_precision or 'default'}; "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; allocator: {args.malloc} "
-        f"(PyTorch train rows: {', '.join(args.torch_malloc)})",
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; allocator: {args.malloc}"
+        + (
+            f" (PyTorch train rows: {', '.join(args.torch_malloc)})"
+            if peer.where == "subprocess"
+            else ""
+        ),
         f"{args.warmup} warm-up steps, {args.rounds} rounds x {args.steps} timed steps; "
         f"XLA compiler options: {args.compiler_options or 'defaults'}",
         f"load average at the end: {' '.join(_loadavg())} (other processes share the cores)",
