@@ -241,7 +241,8 @@ def test_bench_cli_and_json_rows():
     assert seeds.train_flops_per_token == pytest.approx(19.9e6, rel=0.01)
     ours = bench.Row("seeds", "fused", seeds, times=[0.5, 1.0, 0.75], cpu=[1.0, 1.0, 1.0])
     peer = bench.Row("seeds", "torch", seeds, times=[1.5, 1.5, 1.5], cpu=[1.0, 1.0, 1.0])
-    row = ours.as_json(270.0, bench.ratios(ours, [ours, peer]))
+    rates = bench.MatmulRates("cpu", "cpu", {"float32": 270.0})
+    row = ours.as_json(rates, bench.ratios(ours, [ours, peer]))
     shape_keys = {"vocab", "embed", "hidden", "layers", "batch", "seq"}
     assert {"config", "impl", "tokens_per_s", *shape_keys} <= row.keys()
     assert row["tokens_per_s"] == pytest.approx(6400 / 0.75, abs=0.1)  # median step
@@ -259,7 +260,7 @@ def test_bench_cli_and_json_rows():
     assert both["vs_torch_best"] == pytest.approx(2 / 3)
     assert both["vs_torch_as_shipped"] == pytest.approx(2.0)  # the retain row left out
     assert "vs_torch_as_shipped" not in bench.ratios(ours, [ours, fast])
-    table = bench.markdown([ours, peer, fast], 270.0, [])
+    table = bench.markdown([ours, peer, fast], rates, [])
     ours_line = next(line for line in table.splitlines() if "| ours: fused" in line)
     assert "| 2.00x | 0.67x |" in ours_line  # as shipped, then best row
 
