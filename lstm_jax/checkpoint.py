@@ -262,7 +262,10 @@ class Checkpointer:
                 f"writing checkpoint {self.step_dir(step)} failed: {e}; the earlier "
                 f"checkpoints are kept"
             ) from e
-        if step is not None and not self.step_dir(step).is_dir():
+        # orbax raises a background failure once; a second look at the disk
+        # catches one it only logged (one process: with several, only the
+        # primary commits, and a check on it alone could hang the others).
+        if step is not None and jax.process_count() == 1 and not self.step_dir(step).is_dir():
             raise CheckpointError(
                 f"writing checkpoint {self.step_dir(step)} failed (orbax logged why); the "
                 f"earlier checkpoints are kept: {[s for s in self.all_steps() if s != step]}"
