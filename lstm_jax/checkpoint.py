@@ -1,27 +1,158 @@
-"""Checkpoints with orbax's CheckpointManager.
+"""Checkpoints with orbax's CheckpointManager: asynchronous saves, verified restores.
 
-One checkpoint = two items under `WORKDIR/checkpoints/<step>/`:
-  state: the arrays (params, optimizer state, step, carried state, RNG key data),
-         saved with orbax's StandardSave;
-  meta:  JSON: the data position, the tokenizer, the resolved config and the
-         validation loss, so a sampler needs nothing but the workdir.
+One checkpoint = three items under `WORKDIR/checkpoints/<step>/`:
+  state:     the arrays (params, optimizer state, step, carried state, RNG key data);
+  meta:      JSON: the data position, the tokenizer, the resolved config and the
+             validation loss, so a sampler needs nothing but the workdir;
+  checksums: JSON: the SHA-256 of every array in `state` (over its dtype, shape
+             and bytes), by leaf name ("params/embed", "opt_state/0/nu/embed", ...).
 
-Kept: the latest `keep` checkpoints plus the best one by validation loss.
-Orbax writes each checkpoint to a temporary directory and renames it when
-complete, so an interrupted save never replaces a good checkpoint. No pickle.
+Saving is asynchronous. `save` returns once every array has been copied to host
+memory: orbax's async save transfers the arrays to host before it returns (with
+its default options every array is a "synchronous" transfer, see
+`jax_array_handlers._serialize_arrays`), and the checksums are taken from a host
+copy made here. The train step donates its state, so the next step may reuse the
+device buffers at once; the files are then written, and the checksums computed,
+in orbax's background thread. The next `save`, `wait_until_finished` and `close`
+wait for it (and raise `CheckpointError` if it failed).
+
+Crash safety: orbax writes each checkpoint into a temporary directory and renames
+it only once all three items are complete, so a `kill -9` at any moment leaves
+every earlier checkpoint intact and at worst a temporary directory that is ignored.
+
+Integrity: a restore recomputes the checksums of the arrays it read and refuses a
+mismatch (`DamagedCheckpointError`, naming the step, the damaged arrays and the
+other checkpoints). Checkpoints written before checksums were stored load with a
+warning that they cannot be verified. `restore_newest_good` falls back to the
+newest checkpoint that verifies, for callers that ask for it.
+
+Several processes: the checksums cover the global arrays; an array split over
+processes is gathered (`process_allgather`, a collective: every process calls
+`save` and the restores, as orbax requires anyway).
+
+Kept: the latest `keep` checkpoints plus the best one by validation loss. No pickle.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import hashlib
+import json
 import pathlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+CHECKSUM_ALGORITHM = "sha256"
+CHECKSUMS_FILE = "checksums.json"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the current run."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint whose files cannot be read or whose arrays fail their checksums."""
+
+
+# ----------------------------------------------------------------------------
+# Leaf names, host copies and checksums.
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def flat_leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"params/embed": leaf, ...}: one name per leaf, the same for a TrainState
+    (attributes) and the nested dicts orbax stores it as (keys)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    head = [prefix] if prefix else []
+    return {"/".join(head + [_key_name(k) for k in path]): leaf for path, leaf in flat}
+
+
+def _to_host(x: Any) -> np.ndarray:
+    """The global value of `x` in host memory. On a GPU this is a copy; on the CPU
+    it may share the device buffer, and while it does XLA does not reuse that
+    buffer for a donated argument (it copies instead), so the value stays put."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def host_arrays(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """Every leaf of `tree` in host memory, by name; returns once all are copied."""
+    leaves = flat_leaves(tree, prefix)
+    for x in leaves.values():  # start every transfer before waiting on the first
+        if isinstance(x, jax.Array) and x.is_fully_addressable:
+            x.copy_to_host_async()
+    return {name: _to_host(x) for name, x in leaves.items()}
+
+
+def array_checksum(x: np.ndarray) -> str:
+    """SHA-256 over dtype, shape and bytes: a reshaped or retyped array differs too."""
+    x = np.ascontiguousarray(x)
+    digest = hashlib.sha256(f"{x.dtype.name}{list(x.shape)}".encode())
+    digest.update(x.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def checksums(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The `checksums` item of a checkpoint."""
+    return {
+        "algorithm": CHECKSUM_ALGORITHM,
+        "arrays": {name: array_checksum(x) for name, x in arrays.items()},
+    }
+
+
+class _ChecksumsHandler(ocp.handlers.JsonCheckpointHandler):
+    """The checksums item: a JSON file whose content is computed in the save's
+    background thread, from host copies taken before `save` returned."""
+
+    def __init__(self):
+        super().__init__(filename=CHECKSUMS_FILE)
+
+    async def _write(self, arrays: dict[str, np.ndarray], directory: Any) -> None:
+        if jax.process_index() == 0:  # the primary host writes, as for orbax's JSON items
+            (directory / CHECKSUMS_FILE).write_text(json.dumps(checksums(arrays)))
+
+    async def async_save(self, directory, item=None, args=None):
+        del item
+        return [
+            ocp.future.CommitFutureAwaitingContractedSignals(
+                self._write(args.arrays, directory), name="lstm_jax_checksums"
+            )
+        ]
+
+    def save(self, directory, item=None, args=None):
+        del item
+        asyncio.run(self._write(args.arrays, directory))
+
+
+@ocp.args.register_with_handler(_ChecksumsHandler, for_save=True)
+@dataclasses.dataclass
+class _ChecksumsSave(ocp.args.CheckpointArgs):
+    arrays: dict[str, np.ndarray]  # host copies, by leaf name
+
+
+@ocp.args.register_with_handler(_ChecksumsHandler, for_restore=True)
+@dataclasses.dataclass
+class _ChecksumsRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+# ----------------------------------------------------------------------------
+# The manager.
 
 
 class Checkpointer:
@@ -42,13 +173,23 @@ class Checkpointer:
             preservation_policy=policy,
             create=not read_only,
             read_only=read_only,
-            # Synchronous: the train step donates its state buffers, and a save
-            # must have finished reading them before the next step reuses them.
-            enable_async_checkpointing=False,
+            enable_async_checkpointing=True,
         )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta")
+            self.directory,
+            options=options,
+            item_handlers={
+                # PyTree (not Standard) handlers: the sampler restores params alone
+                # (a partial restore); the files are the same as StandardSave's.
+                "state": ocp.PyTreeCheckpointHandler(),
+                "meta": ocp.handlers.JsonCheckpointHandler(),
+                "checksums": _ChecksumsHandler(),
+            },
         )
+        self._in_flight: int | None = None  # the step being written in the background
+        self._warned_unverified: set[int] = set()
+
+    # -- what exists -------------------------------------------------------
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -59,17 +200,12 @@ class Checkpointer:
     def best_step(self) -> int | None:
         return self.manager.best_step()
 
-    def save(self, step: int, state: Any, meta: dict, val_loss: float | None = None) -> None:
-        metrics = None if val_loss is None else {"val_loss": float(val_loss)}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            metrics=metrics,
-            force=True,
-        )
-        self.manager.wait_until_finished()
+    def step_dir(self, step: int) -> pathlib.Path:
+        return self.directory / str(step)
+
+    def has_checksums(self, step: int) -> bool:
+        """False for a checkpoint written before checksums were stored."""
+        return (self.step_dir(step) / "checksums").is_dir()
 
     def resolve_step(self, which: str | int | None = "latest") -> int:
         """'latest', 'best' or a step number -> a step that exists."""
@@ -91,33 +227,179 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; have {steps}")
         return step
 
-    def restore_meta(self, step: int) -> dict:
-        try:
-            return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-                "meta"
-            ]
-        except Exception as e:  # orbax raises several types for unreadable files
-            raise self._corrupt(step, e) from e
+    # -- saving ------------------------------------------------------------
 
-    def restore_state(self, step: int, target: Any) -> Any:
-        """Restore the arrays into the structure, shapes and dtypes of `target`."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    def save(self, step: int, state: Any, meta: dict, val_loss: float | None = None) -> None:
+        """Starts writing checkpoint `step`; returns once `state`'s arrays are in
+        host memory (the caller may then donate or overwrite them). Waits first
+        for the previous save, and raises CheckpointError if that one failed."""
+        self.wait_until_finished()
+        arrays = host_arrays(state)
+        metrics = None if val_loss is None else {"val_loss": float(val_loss)}
         try:
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeSave(state),
+                    meta=ocp.args.JsonSave(meta),
+                    checksums=_ChecksumsSave(arrays),
+                ),
+                metrics=metrics,
+                force=True,
             )
         except Exception as e:
-            raise self._corrupt(step, e) from e
-        return restored["state"]
+            raise CheckpointError(f"cannot save checkpoint {self.step_dir(step)}: {e}") from e
+        self._in_flight = step
 
-    def _corrupt(self, step: int, error: Exception) -> CheckpointError:
-        others = [s for s in self.all_steps() if s != step]
-        return CheckpointError(
-            f"cannot read checkpoint {self.directory / str(step)} ({type(error).__name__}: "
-            f"{str(error)[:300]}). It is corrupt or was written for another model. "
-            f"Other checkpoints here: {others or 'none'}; move the bad one away to resume "
-            "from an earlier step, or use a new --workdir."
-        )
+    def wait_until_finished(self) -> None:
+        """Blocks until the last save is on disk; CheckpointError if it failed
+        (the earlier checkpoints are then still there)."""
+        step, self._in_flight = self._in_flight, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise CheckpointError(
+                f"writing checkpoint {self.step_dir(step)} failed: {e}; the earlier "
+                f"checkpoints are kept"
+            ) from e
+        # orbax raises a background failure once; a second look at the disk
+        # catches one it only logged (one process: with several, only the
+        # primary commits, and a check on it alone could hang the others).
+        if step is not None and jax.process_count() == 1 and not self.step_dir(step).is_dir():
+            raise CheckpointError(
+                f"writing checkpoint {self.step_dir(step)} failed (orbax logged why); the "
+                f"earlier checkpoints are kept: {[s for s in self.all_steps() if s != step]}"
+            )
 
     def close(self) -> None:
-        self.manager.close()
+        """Waits for the last save, then releases orbax's threads."""
+        try:
+            self.wait_until_finished()
+        finally:
+            self.manager.close()
+
+    # -- restoring ---------------------------------------------------------
+
+    def restore_meta(self, step: int) -> dict:
+        return self._restore_item(step, "meta", ocp.args.JsonRestore())
+
+    def array_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        """The saved arrays' shapes by leaf name ("params/embed": (V, E), ...),
+        read from the checkpoint's metadata alone."""
+        try:
+            saved = self.manager.item_metadata(step)["state"]
+            tree = saved.tree if hasattr(saved, "tree") else saved
+        except Exception as e:  # orbax raises several types for unreadable files
+            raise self._damaged(step, f"cannot read checkpoint {self.step_dir(step)}", e) from e
+        return {name: tuple(m.shape) for name, m in flat_leaves(tree).items()}
+
+    def restore_state(self, step: int, target: Any) -> Any:
+        """Restores the arrays into the structure, shapes, dtypes and shardings of
+        `target` (arrays or jax.ShapeDtypeStructs), then verifies their checksums."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        args = ocp.args.PyTreeRestore(
+            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)
+        )
+        state = self._restore_item(step, "state", args)
+        self.verify(step, state)
+        return state
+
+    def restore_params(self, step: int, target: Any) -> Any:
+        """Restores `state.params` alone (the optimizer state is never read) into
+        the structure, shapes, dtypes and shardings of `target`, verified."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        args = ocp.args.PyTreeRestore(
+            item={"params": abstract},
+            restore_args={"params": ocp.checkpoint_utils.construct_restore_args(abstract)},
+            partial_restore=True,
+        )
+        params = self._restore_item(step, "state", args)["params"]
+        self.verify(step, params, prefix="params")
+        return params
+
+    def saved_checksums(self, step: int) -> dict[str, str] | None:
+        """Leaf name -> checksum as written with the checkpoint; None if it has none."""
+        if not self.has_checksums(step):
+            return None
+        saved = self._restore_item(step, "checksums", _ChecksumsRestore())
+        if saved.get("algorithm") != CHECKSUM_ALGORITHM or not isinstance(
+            saved.get("arrays"), dict
+        ):
+            raise self._damaged(
+                step,
+                f"checkpoint {self.step_dir(step)} has an unreadable checksums file "
+                f"(expected {CHECKSUM_ALGORITHM} checksums)",
+            )
+        return saved["arrays"]
+
+    def verify(self, step: int, tree: Any, prefix: str = "") -> bool:
+        """Checks the restored `tree` (all of `state`, or its subtree `prefix`)
+        against the checksums saved with checkpoint `step`. Raises
+        DamagedCheckpointError on a mismatch; returns False (with a warning) for
+        a checkpoint that has no checksums, True when every array matches."""
+        expected = self.saved_checksums(step)
+        if expected is None:
+            if step not in self._warned_unverified:
+                self._warned_unverified.add(step)
+                logging.warning(
+                    "checkpoint %s has no checksums (it was written before lstm_jax stored "
+                    "them): its arrays are loaded without verification",
+                    self.step_dir(step),
+                )
+            return False
+        actual = host_arrays(tree, prefix)
+        bad = [name for name, x in actual.items() if expected.get(name) != array_checksum(x)]
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise self._damaged(
+                step,
+                f"checkpoint {self.step_dir(step)} is damaged: {len(bad)} of {len(actual)} "
+                f"arrays differ from the checksums written with them ({shown})",
+            )
+        return True
+
+    def restore_newest_good(self, target: Any) -> tuple[int, Any, dict] | None:
+        """(step, state, meta) of the newest checkpoint that reads and verifies,
+        newest first, logging each one skipped and why; None if there is none at
+        all; CheckpointError if every one is damaged."""
+        steps = self.all_steps()
+        if not steps:
+            return None
+        skipped = []
+        for step in reversed(steps):
+            try:
+                meta = self.restore_meta(step)
+                state = self.restore_state(step, target)
+            except DamagedCheckpointError as e:
+                logging.warning("skipping checkpoint %d: %s", step, e)
+                skipped.append(step)
+                continue
+            if skipped:
+                logging.warning(
+                    "using checkpoint %d, the newest that verifies; skipped damaged %s",
+                    step,
+                    skipped,
+                )
+            return step, state, meta
+        raise DamagedCheckpointError(
+            f"every checkpoint in {self.directory} is damaged ({steps}); use a new --workdir"
+        )
+
+    def _restore_item(self, step: int, item: str, args: ocp.args.CheckpointArgs) -> Any:
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+        except Exception as e:  # orbax raises several types for unreadable files
+            raise self._damaged(step, f"cannot read checkpoint {self.step_dir(step)}", e) from e
+
+    def _damaged(
+        self, step: int, what: str, error: Exception | None = None
+    ) -> DamagedCheckpointError:
+        others = [s for s in self.all_steps() if s != step]
+        if error is not None:  # on one line: orbax/TensorStore messages span several
+            detail = " ".join(str(error).split())[:300]
+            what += f" ({type(error).__name__}: {detail}). It is corrupt or was written for "
+            what += "another model"
+        return DamagedCheckpointError(
+            f"{what}. Other checkpoints here: {others or 'none'}; move the bad one away to "
+            "use an earlier step, or use a new --workdir."
+        )

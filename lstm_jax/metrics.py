@@ -8,20 +8,58 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import pathlib
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, one per line. A line that is not one (a
+    last line torn by a crash mid-write, or a damaged one) is dropped with a
+    warning naming the file and line."""
     path = pathlib.Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            row, reason = None, str(e)
+        else:
+            reason = f"a {type(row).__name__}, not an object"
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            logging.warning(
+                "%s:%d: dropped a line that is not a JSON object (%s)", path, number, reason
+            )
+    return rows
+
+
+def write_jsonl_atomically(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+    """Replaces `path` by `rows` all at once: a temporary file in the same
+    directory, then a rename, so a crash leaves the old file or the new one."""
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.replace(f.name, path)
+    except BaseException:
+        os.unlink(f.name)
+        raise
 
 
 class MetricWriter:
@@ -38,7 +76,8 @@ class MetricWriter:
         # Lines past the step we resume from were logged by a run that died
         # before its next checkpoint; that run is being redone, so drop them.
         kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomically(self.path, kept)
         from tensorboardX import SummaryWriter
 
         self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import sys
 from collections.abc import Callable, Iterator
@@ -42,10 +43,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
-from lstm_jax.checkpoint import Checkpointer, CheckpointError
+from lstm_jax.checkpoint import Checkpointer, CheckpointError, flat_leaves
 from lstm_jax.data.corpora import RECORD_SEPARATOR
 from lstm_jax.data.tokenizers import Tokenizer, tokenizer_from_json
 from lstm_jax.model import LanguageModel, LMConfig
@@ -195,10 +195,10 @@ def _sample_loop(
 def check_options(vocab_size: int | None, temperature: float, top_k: int, length: int) -> None:
     """The errors a user gets for bad sampling options, before any compute
     (`vocab_size` None: the vocabulary is not known yet, check top_k >= 0 only)."""
-    if not temperature > 0:  # also refuses NaN
+    if not 0 < temperature < math.inf:  # also refuses NaN
         raise ValueError(
-            f"temperature must be > 0, got {temperature}; for the most likely token at "
-            "every step use greedy decoding (--greedy)"
+            f"temperature must be > 0 and finite, got {temperature}; for the most likely "
+            "token at every step use greedy decoding (--greedy)"
         )
     if top_k < 0 or (vocab_size is not None and top_k > vocab_size):
         bound = "" if vocab_size is None else f" and <= {vocab_size}, the vocabulary size"
@@ -447,19 +447,32 @@ class Restored:
     step: int
     meta: dict[str, Any]  # the checkpoint's JSON meta: config, val_loss, ...
     workdir: pathlib.Path
+    verified: bool = True  # False: an old checkpoint without checksums, loaded unchecked
 
 
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+# The params whose first dimension is the vocabulary (flat_leaves names).
+VOCAB_SIZED_PARAMS = ("params/embed", "params/readout/b")
 
 
-def _from_meta_or_file(meta: dict, key: str, path: pathlib.Path, what: str, where: str) -> dict:
-    """meta[key], else the JSON file the training run writes into the workdir."""
-    if meta.get(key) is not None:
-        return meta[key]
-    if path.is_file():
+def _read_json_file(path: pathlib.Path, what: str) -> Any:
+    try:
         return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"cannot read the {what} file {path}: {e}; restore it from the training run, or "
+            "retrain in a new --workdir"
+        ) from e
+
+
+def _from_meta_or_file(
+    meta: dict, key: str, path: pathlib.Path, what: str, where: str
+) -> tuple[Any, str]:
+    """(meta[key], where) or, if the meta lacks it, (the JSON in the file the
+    training run writes into the workdir, that file's path)."""
+    if meta.get(key) is not None:
+        return meta[key], f"checkpoint {where}"
+    if path.is_file():
+        return _read_json_file(path, what), str(path)
     raise CheckpointError(
         f"the checkpoint {where} has no {what} in its meta and {path} does not exist: it was "
         f"not written by lstm_jax.train, or the {what} was removed; cannot sample without it"
@@ -469,10 +482,11 @@ def _from_meta_or_file(meta: dict, key: str, path: pathlib.Path, what: str, wher
 def restore(workdir: str | pathlib.Path, checkpoint: str | int = "latest") -> Restored:
     """Model, params and tokenizer from a training workdir.
 
-    Only `state.params` is read from the checkpoint (orbax partial restore),
-    into the structure that the saved config's model defines; the optimizer
-    state is never loaded. The tokenizer and config come from the checkpoint's
-    meta (falling back to the workdir's tokenizer.json / config.json), and the
+    Only `state.params` is read from the checkpoint (a partial restore through
+    `Checkpointer.restore_params`, which verifies their checksums), into the
+    structure that the saved config's model defines; the optimizer state is
+    never loaded. The tokenizer and config come from the checkpoint's meta
+    (falling back to the workdir's tokenizer.json / config.json), and the
     tokenizer's size is checked against the saved embedding/readout shapes.
     """
     workdir = pathlib.Path(workdir)
@@ -488,87 +502,72 @@ def restore(workdir: str | pathlib.Path, checkpoint: str | int = "latest") -> Re
     try:
         step = ckpt.resolve_step(checkpoint)
         meta = ckpt.restore_meta(step)
+        model, tokenizer = _model_and_tokenizer(meta, workdir, str(ckpt.step_dir(step)))
+        target = jax.eval_shape(model.init, jax.random.key(0))
+        _check_saved_shapes(ckpt, step, target, tokenizer.vocab_size)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), target
+        )
+        params = ckpt.restore_params(step, target)
+        verified = ckpt.has_checksums(step)
     finally:
         ckpt.close()
-    where = str(ckpt_dir / str(step))
+    return Restored(model, params, tokenizer, step, meta, workdir, verified)
 
-    tok_json = _from_meta_or_file(meta, "tokenizer", workdir / "tokenizer.json", "tokenizer", where)
+
+def _model_and_tokenizer(
+    meta: dict, workdir: pathlib.Path, where: str
+) -> tuple[LanguageModel, Tokenizer]:
+    """The sampling model and tokenizer a checkpoint's meta (or workdir) describes."""
+    tok_json, source = _from_meta_or_file(
+        meta, "tokenizer", workdir / "tokenizer.json", "tokenizer", where
+    )
     try:
         tokenizer = tokenizer_from_json(tok_json)
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"the tokenizer of checkpoint {where} is unreadable: {e}") from e
-    config = _from_meta_or_file(meta, "config", workdir / "config.json", "config", where)
-
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"the tokenizer in {source} is unreadable: {e}") from e
+    config, source = _from_meta_or_file(meta, "config", workdir / "config.json", "config", where)
     try:  # as train.build_model (not imported: train.py imports this module)
         model = sampling_model(
             LanguageModel(LMConfig(vocab_size=tokenizer.vocab_size, **config["model"]))
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(
-            f"the config of checkpoint {where} does not define a model: {e}"
-        ) from e
+        raise CheckpointError(f"the config in {source} does not define a model: {e}") from e
+    return model, tokenizer
 
-    manager = ocp.CheckpointManager(
-        ckpt_dir.absolute(),  # orbax refuses relative paths
-        options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-    )
-    try:
-        try:
-            saved = manager.item_metadata(step)["state"]
-            saved_params = (saved.tree if hasattr(saved, "tree") else saved)["params"]
-        except Exception as e:  # orbax raises several types for unreadable files
-            raise CheckpointError(f"cannot read the params of checkpoint {where}: {e}") from e
-        saved_shapes = _shapes(saved_params)
-        vocab_dims = {
-            name: shape[0]
-            for name, shape in saved_shapes.items()
-            if name in ("['readout']['b']", "['embed']")
-        }
-        if any(v != tokenizer.vocab_size for v in vocab_dims.values()):
-            raise CheckpointError(
-                f"the tokenizer of checkpoint {where} has {tokenizer.vocab_size} tokens but the "
-                f"params were trained for a vocabulary of {max(vocab_dims.values())} "
-                f"({', '.join(f'{k}: {saved_shapes[k]}' for k in vocab_dims)}): the tokenizer "
-                "does not belong to these weights"
-            )
-        target = jax.eval_shape(model.init, jax.random.key(0))
-        expected = _shapes(target)
-        if expected != saved_shapes:
-            diffs = [
-                f"{k}: saved {saved_shapes.get(k)} vs config {expected.get(k)}"
-                for k in sorted(saved_shapes.keys() | expected.keys())
-                if saved_shapes.get(k) != expected.get(k)
-            ]
-            raise CheckpointError(
-                f"the params of checkpoint {where} do not match the model its config "
-                f"describes ({'; '.join(diffs[:5])})"
-            )
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        restore_args = jax.tree.map(
-            lambda s: ocp.ArrayRestoreArgs(global_shape=s.shape, dtype=s.dtype, sharding=device),
-            target,
+
+def _check_saved_shapes(ckpt: Checkpointer, step: int, target: Any, vocab_size: int) -> None:
+    """The saved params against the tokenizer and the model the config describes,
+    read from the checkpoint's metadata before any array is."""
+    where = ckpt.step_dir(step)
+    saved = {k: v for k, v in ckpt.array_shapes(step).items() if k.startswith("params/")}
+    vocab_dims = {name: shape[0] for name, shape in saved.items() if name in VOCAB_SIZED_PARAMS}
+    if any(v != vocab_size for v in vocab_dims.values()):
+        raise CheckpointError(
+            f"the tokenizer of checkpoint {where} has {vocab_size} tokens but the "
+            f"params were trained for a vocabulary of {max(vocab_dims.values())} "
+            f"({', '.join(f'{k}: {saved[k]}' for k in vocab_dims)}): the tokenizer "
+            "does not belong to these weights"
         )
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item={"params": target},
-                    restore_args={"params": restore_args},
-                    partial_restore=True,
-                )
-            ),
+    expected = {k: tuple(v.shape) for k, v in flat_leaves(target, "params").items()}
+    if expected != saved:
+        diffs = [
+            f"{k}: saved {saved.get(k)} vs config {expected.get(k)}"
+            for k in sorted(saved.keys() | expected.keys())
+            if saved.get(k) != expected.get(k)
+        ]
+        raise CheckpointError(
+            f"the params of checkpoint {where} do not match the model its config "
+            f"describes ({'; '.join(diffs[:5])})"
         )
-        params = restored["state"]["params"]
-    finally:
-        manager.close()
-    return Restored(model, params, tokenizer, step, meta, workdir)
 
 
 # ----------------------------------------------------------------------------
 # Command line.
 
 FLAGS = flags.FLAGS
+USAGE_ERROR = 2  # exit status for bad options or an unusable workdir (argparse's and sh's)
 
 
 def define_flags() -> None:
@@ -592,6 +591,7 @@ def define_flags() -> None:
     flags.DEFINE_bool(
         "interactive", False, "Prompt for primes in a loop (empty line = record start)."
     )
+    flags.DEFINE_bool("verbose", False, "On an error, print the full traceback too.")
 
 
 def _show(text: str) -> str:
@@ -687,6 +687,12 @@ def main(argv: list[str]) -> None:
             raise ValueError(f"--checkpoint must be 'latest', 'best' or a step, got {which!r}")
         restored = restore(FLAGS.workdir, which)
         print(_describe(restored))
+        if not restored.verified:
+            print(
+                f"lstm_jax.sample: warning: checkpoint {restored.step} has no checksums (it "
+                "predates them); its params are loaded unverified",
+                file=sys.stderr,
+            )
         how = (
             "greedy"
             if FLAGS.greedy
@@ -700,7 +706,10 @@ def main(argv: list[str]) -> None:
         sampler = make_sampler(restored.model, restored.tokenizer, prime=FLAGS.prime, **options)
         result = sampler(restored.params, jax.random.key(FLAGS.seed))
     except (ValueError, CheckpointError) as e:
-        sys.exit(f"lstm_jax.sample: error: {e}")
+        if FLAGS.verbose:
+            raise
+        print(f"lstm_jax.sample: error: {e}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
     print(format_result(result, greedy=FLAGS.greedy, rank=FLAGS.rank))
 
 
