@@ -40,6 +40,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -202,6 +203,21 @@ class Checkpointer:
 
     def step_dir(self, step: int) -> pathlib.Path:
         return self.directory / str(step)
+
+    def set_aside(self, step: int) -> pathlib.Path:
+        """Move checkpoint `step` out of the way (into `checkpoints-damaged/`
+        beside this directory), so a run resumed from an earlier step can save
+        that step again. Kept, not deleted: it may still be worth a look.
+        Process 0 moves it; call `reload` on every process afterwards."""
+        target = self.directory.parent / f"{self.directory.name}-damaged" / str(step)
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(self.step_dir(step), target)
+        return target
+
+    def reload(self) -> None:
+        """Read the directory's steps again (after `set_aside`)."""
+        self.manager.reload()
 
     def has_checksums(self, step: int) -> bool:
         """False for a checkpoint written before checksums were stored."""

@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 200  # steps between validations (0 = only at the end)
     c.train.checkpoint_every = 200  # steps between checkpoints (0 = only at the end)
     c.train.keep_checkpoints = 2  # latest checkpoints kept (plus the best by val loss)
+    c.train.restore_fallback = False  # a damaged newest checkpoint: resume from the newest good one
     c.train.max_eval_batches = 0  # cap validation batches (0 = the whole split)
     c.train.sample_length = 0  # tokens sampled at each evaluation (0 = off)
     c.train.sample_prime = ""  # prime text for those samples ("" = record start)

@@ -62,7 +62,7 @@ from ml_collections import config_flags
 from lstm_jax import cli, host, optim, parallel
 from lstm_jax import config as config_lib
 from lstm_jax import sample as sampling
-from lstm_jax.checkpoint import Checkpointer, CheckpointError
+from lstm_jax.checkpoint import Checkpointer, CheckpointError, DamagedCheckpointError
 from lstm_jax.data import batching, corpora, tokenizers
 from lstm_jax.metrics import (
     MetricWriter,
@@ -557,9 +557,36 @@ def restore_or_init(run: Run) -> TrainState:
         (run.workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         run.data.tokenizer.save(run.workdir / "tokenizer.json")
     if run.meta is not None:
-        state = run.ckpt.restore_state(run.meta["step"], state)
+        state = restore_checkpoint(run, state)
         run.batcher.restore(run.meta["data_state"])
     return state
+
+
+def restore_checkpoint(run: Run, target: TrainState) -> TrainState:
+    """The newest checkpoint, verified against its checksums. A damaged one is
+    refused, unless train.restore_fallback asks for the newest that verifies
+    (its metadata then replaces `run.meta`)."""
+    if run.config.train.restore_fallback:
+        step, state, run.meta = run.ckpt.restore_newest_good(target)
+        newer = [s for s in run.ckpt.all_steps() if s > step]
+        for damaged in newer:  # so that this run can save those steps again
+            moved = run.ckpt.set_aside(damaged)
+        if newer:
+            parallel.barrier("lstm_jax.train: damaged checkpoints set aside")
+            run.ckpt.reload()
+            if jax.process_index() == 0:
+                print(
+                    f"lstm_jax.train: resuming from checkpoint {step}, the newest that "
+                    f"verifies; set aside {newer} in {moved.parent}"
+                )
+        return state
+    try:
+        return run.ckpt.restore_state(run.meta["step"], target)
+    except DamagedCheckpointError as e:
+        raise DamagedCheckpointError(
+            f"{e} Or resume from the newest checkpoint that verifies: "
+            "--config.train.restore_fallback=True."
+        ) from e
 
 
 def compile_steps(run: Run, state: TrainState) -> Steps:
@@ -751,6 +778,8 @@ def train_loop(run: Run, state: TrainState, writer: MetricWriter, progress: Prog
             if events.checkpoint or (stopping and run.ckpt.latest_step() != step):
                 save(run, state, step, row.get("val_loss"), best)
             if stopping:
+                with run.timer.phase("checkpoints"):
+                    run.ckpt.wait_until_finished()
                 progress.write(f"signal {stop.signum}: saved checkpoint at step {step}; exiting")
                 outcome.update(interrupted_at=step, signal=stop.signum)
                 break

@@ -127,6 +127,24 @@ def test_damaged_array_bytes_are_refused_by_restore_and_by_training(workdir):
         train.train_and_evaluate(smoke("dnd:smoke", train__num_steps=30), str(workdir))
 
 
+@pytest.mark.slow
+def test_damaged_checkpoint_train_cli_refuses_then_falls_back_when_asked(workdir):
+    damage_arrays(workdir, 20)
+    args = ["--config", "configs/dnd.py:smoke", "--workdir", str(workdir)]
+    args += ["--config.train.num_steps=30"]
+    cmd = [sys.executable, "-m", "lstm_jax.train", *args]
+    refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr
+    assert re.search(REFUSED_20, refused.stderr) and "restore_fallback=True" in refused.stderr
+    fallback = [*cmd, "--config.train.restore_fallback=True"]
+    out = subprocess.run(fallback, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from checkpoint 10, the newest that verifies" in out.stdout
+    summary = json.loads(out.stdout[out.stdout.index("\n{") :])
+    assert summary["start_step"] == 10 and summary["final_step"] == 30
+
+
 def test_arrays_that_differ_from_their_checksums_are_named(workdir):
     """Values that read back without error but differ from what was saved: here
     the recorded checksum of one params array no longer matches its data."""
