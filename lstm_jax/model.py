@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from lstm_jax import initializers, recurrent
+from lstm_jax import initializers, layers, recurrent
 from lstm_jax.cells import Cell, make_cell
 
 Array = jax.Array
@@ -39,7 +39,7 @@ class RecurrentCoreConfig:
     init_scale: float | None = None  # uniform bound / normal std; None = cell default
     dropout: float = 0.0  # between layers (and around the stack in the LM)
     unroll: int = 1  # lax.scan unroll factor
-    impl: str = "scan"  # layer implementation, a name in recurrent.LAYER_IMPLS
+    impl: str = "scan"  # layer implementation, a name in lstm_jax.layers.LAYER_IMPLS
 
     def __post_init__(self):
         if self.hidden_size < 1:
@@ -50,7 +50,7 @@ class RecurrentCoreConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.unroll < 1:
             raise ValueError(f"unroll must be >= 1, got {self.unroll}")
-        recurrent.get_layer_impl(self.impl)  # fails early, listing the valid names
+        layers.get_layer_impl(self.impl)  # fails early, listing the valid names
         self.make_cell()
 
     def make_cell(self) -> Cell:
