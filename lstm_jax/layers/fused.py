@@ -339,22 +339,34 @@ def _loops(kind: str) -> tuple[Callable, Callable]:
 # fusion instead of in a separate pass over x_proj [T, B, G*H].
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _layer(kind: str, unroll: int, cdt: str | None, params, xs, carry, reset):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _layer(
+    kind: str, unroll: int, cdt: str | None, precision: str | None, params, xs, carry, reset
+):
     """(params {w_x, w_h, b[, b_hn]}, xs [T, B, D], carry tuple, reset [T, B] | None)
-    -> (final carry tuple, hs [T, B, H])."""
-    (final, hs), _ = _layer_fwd(kind, unroll, cdt, params, xs, carry, reset)
+    -> (final carry tuple, hs [T, B, H]).
+
+    `precision`: the `jax.default_matmul_precision` the forward was traced
+    under (None: JAX's default). The backward is traced later, outside any
+    such context, so it re-enters this one: the forward and backward matmuls
+    run at the same precision (the model's `matmul_precision`)."""
+    (final, hs), _ = _layer_fwd(kind, unroll, cdt, precision, params, xs, carry, reset)
     return final, hs
 
 
-def _layer_fwd(kind, unroll, cdt, params, xs, carry, reset):
+def _layer_fwd(kind, unroll, cdt, precision, params, xs, carry, reset):
     x_proj = _matmul(xs, params["w_x"], cdt)  # [T, B, G*H], one matmul for all steps
     rec = {k: v for k, v in params.items() if k != "w_x"}
     final, hs, res = _loops(kind)[0](rec, x_proj, carry, reset, unroll, cdt)
     return (final, hs), (params, xs, carry, reset, res)
 
 
-def _layer_bwd(kind, unroll, cdt, saved, cotangents):
+def _layer_bwd(kind, unroll, cdt, precision, saved, cotangents):
+    with jax.default_matmul_precision(precision):
+        return _layer_bwd_at_precision(kind, unroll, cdt, saved, cotangents)
+
+
+def _layer_bwd_at_precision(kind, unroll, cdt, saved, cotangents):
     params, xs, carry, reset, res = saved
     d_final, d_hs = cotangents
     rec = {k: v for k, v in params.items() if k != "w_x"}
@@ -402,7 +414,9 @@ def _fused_chunk(
         warn_fallback("fused", "scan", reason)
         return scan_layer_time_major(cell, params, xs, carry, reset, unroll=unroll)
     params = {k: params[k] for k in ("w_x", "w_h", "b", "b_hn") if k in params}
-    final, hs = _layer(kind, unroll, compute_dtype, params, xs, _carry_to_tuple(cell, carry), reset)
+    precision = jax.config.jax_default_matmul_precision  # the context this is traced in
+    carry_in = _carry_to_tuple(cell, carry)
+    final, hs = _layer(kind, unroll, compute_dtype, precision, params, xs, carry_in, reset)
     return _tuple_to_carry(cell, final), hs
 
 
