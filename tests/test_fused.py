@@ -72,14 +72,15 @@ def assert_trees_close(a, b, tol=1e-5):
 
 
 @functools.cache
-def all_cases(impl, name, num_layers, dtype=None):
+def all_cases(impl, name, num_layers, dtype=None, precision=None):
     """Forward values and gradients for {no reset, reset} x {zero, carried
     state}, one jitted function per (impl, cell, depth) to keep compiles few;
     cached, so the scan reference is computed once for all the tests.
     `dtype`: None runs in float64; a dtype rounds every input to float32 first
     and runs in `dtype` (fp32-only layers against the float64 scan on the
-    very same values)."""
-    with jax.enable_x64(True):
+    very same values). `precision`: a `jax.default_matmul_precision` for the
+    whole computation (None: JAX's default; on CPUs fp32 is exact either way)."""
+    with jax.enable_x64(True), jax.default_matmul_precision(precision):
         cell, layers, xs, carried = make(name, num_layers)
         zeros = recurrent.zero_stack_carry(cell, num_layers, B, H, jnp.float64)
         if dtype is not None:
