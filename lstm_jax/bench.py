@@ -86,7 +86,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lstm_jax import host, onednn, parallel
+from lstm_jax import host, parallel
+from lstm_jax.layers import onednn
 from lstm_jax.model import LanguageModel, LMConfig
 
 TORCH_SCRIPT = pathlib.Path(__file__).with_name("bench_torch.py")

@@ -13,6 +13,7 @@ choices, so they can be closed over by `jax.jit` without being traced.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -20,10 +21,20 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from lstm_jax import initializers, recurrent
+from lstm_jax import initializers, layers, recurrent
 from lstm_jax.cells import Cell, make_cell
 
 Array = jax.Array
+
+# `model.matmul_precision`: the precision of every matmul in the model's forward
+# and backward pass, through `jax.default_matmul_precision`.
+#   "default"  JAX's default: full fp32 on CPUs; on GPUs TF32 (about 10 mantissa
+#              bits) for fp32 matmuls on Ampere and newer, and on TPUs one bf16
+#              pass; the fastest.
+#   "high"     TF32 on GPUs; three bf16 passes (close to fp32) on TPUs.
+#   "highest"  full fp32 everywhere (six bf16 passes on TPUs); the exactness
+#              tests run here.
+MATMUL_PRECISIONS = ("default", "high", "highest")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -39,7 +50,8 @@ class RecurrentCoreConfig:
     init_scale: float | None = None  # uniform bound / normal std; None = cell default
     dropout: float = 0.0  # between layers (and around the stack in the LM)
     unroll: int = 1  # lax.scan unroll factor
-    impl: str = "scan"  # layer implementation, a name in recurrent.LAYER_IMPLS
+    impl: str = "scan"  # layer implementation, a name in lstm_jax.layers.LAYER_IMPLS
+    matmul_precision: str = "default"  # one of MATMUL_PRECISIONS (above)
 
     def __post_init__(self):
         if self.hidden_size < 1:
@@ -50,7 +62,12 @@ class RecurrentCoreConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.unroll < 1:
             raise ValueError(f"unroll must be >= 1, got {self.unroll}")
-        recurrent.get_layer_impl(self.impl)  # fails early, listing the valid names
+        layers.get_layer_impl(self.impl)  # fails early, listing the valid names
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(
+                f"matmul_precision must be one of {MATMUL_PRECISIONS}, "
+                f"got {self.matmul_precision!r}"
+            )
         self.make_cell()
 
     def make_cell(self) -> Cell:
@@ -76,6 +93,13 @@ class _RecurrentModel:
     def __init__(self, config: RecurrentCoreConfig):
         self.config = config
         self.cell = config.make_cell()
+
+    def matmul_precision(self) -> contextlib.AbstractContextManager:
+        """The context every forward pass runs in; "default" leaves JAX's setting
+        as it is (which a user may also set with the jax_default_matmul_precision
+        flag)."""
+        p = self.config.matmul_precision
+        return contextlib.nullcontext() if p == "default" else jax.default_matmul_precision(p)
 
     def init_carry(self, batch_size: int) -> tuple[Any, ...]:
         """Zero carries, one per layer (LSTMCarry(h, c) for LSTM, h otherwise)."""
@@ -113,7 +137,16 @@ def _check_rng(config: RecurrentCoreConfig, train: bool, rng: Array | None) -> A
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LMConfig(RecurrentCoreConfig):
+    """The language model's settings. Its defaults are the training config's
+    (lstm_jax/config.py, `c.model`), so a model built in Python is the one the
+    CLI trains; tests/test_model.py checks that they agree."""
+
     vocab_size: int  # V
+    forget_bias: float = 1.0  # as config.py: char-rnn/Keras
+    kernel_init: str | None = "uniform"  # as config.py: char-rnn's uniform(+-0.08)
+    recurrent_init: str | None = "uniform"
+    init_scale: float | None = 0.08
+    impl: str = "fused"  # as config.py: the fast path, exact against "scan"
     embed_dim: int = 0  # E; 0 = one-hot inputs as in char-rnn (E = V, no table)
     tie_embeddings: bool = False  # readout = embedding^T (Press & Wolf 2017); needs E == H
 
@@ -177,10 +210,11 @@ class LanguageModel(_RecurrentModel):
         c = self.config
         rng = _check_rng(c, train, rng)
         keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
-        xs = recurrent.dropout(self.embed(params, tokens), c.dropout, keys[0])
-        carry, hs = self._stack(params, xs, carry, reset, keys[1], mesh)
-        hs = recurrent.dropout(hs, c.dropout, keys[2])
-        return self.readout(params, hs), carry
+        with self.matmul_precision():
+            xs = recurrent.dropout(self.embed(params, tokens), c.dropout, keys[0])
+            carry, hs = self._stack(params, xs, carry, reset, keys[1], mesh)
+            hs = recurrent.dropout(hs, c.dropout, keys[2])
+            return self.readout(params, hs), carry
 
     def param_count(self) -> int:
         """Closed form: embedding V*E + per-layer cell counts + readout H*V + V."""
@@ -238,10 +272,11 @@ class SequenceModel(_RecurrentModel):
         if carry is None:
             carry = self.init_carry(inputs.shape[0])
         rng = _check_rng(self.config, train, rng)
-        carry, hs = self._stack(params, inputs, carry, reset, rng)
-        if self.config.output_mode == "last":
-            hs = hs[:, -1]
-        return hs @ params["head"]["w"] + params["head"]["b"], carry
+        with self.matmul_precision():
+            carry, hs = self._stack(params, inputs, carry, reset, rng)
+            if self.config.output_mode == "last":
+                hs = hs[:, -1]
+            return hs @ params["head"]["w"] + params["head"]["b"], carry
 
     def param_count(self) -> int:
         c = self.config

@@ -1,20 +1,11 @@
-"""Run a cell over a sequence with `jax.lax.scan`, and stack layers.
+"""The recurrent stack: layers, dropout between them, rows split over devices.
 
-Data flow of one layer (time-major inside; the layout is converted once, at the
-public entry points, by `to_time_major` / `from_time_major`):
-
-    xs [T, B, D] --(one matmul: cell.project)--> x_proj [T, B, G*H]
-    scan over t:  carry = reset_t ? zero : carry
-                  carry, h_t = cell.recur(params, carry, x_proj[t])
-    -> carry (final), hs [T, B, H]
-
-Carries go in and come out, so a long sequence cut into windows with the carry
-passed along equals one scan over the whole sequence (truncated BPTT is exact
-in the forward pass). `reset[b, t] = True` zeroes stream b's carry *before*
-step t, so a new document can start in the middle of a window.
-
-A layer implementation is looked up by name in `LAYER_IMPLS`; "scan" is the
-reference that every other implementation is tested against.
+One layer over time is an implementation from the registry in
+`lstm_jax.layers` (`impl="scan"`, the reference `lax.scan`, or a fast path);
+this module converts the layout once at its public entry points
+(`to_time_major` / `from_time_major`: [B, T, ...] <-> [T, B, ...]) and stacks
+layers. Carries go in and come out, so truncated BPTT with carried state is
+exact; `reset[b, t] = True` zeroes stream b's carry before step t.
 """
 
 from __future__ import annotations
@@ -27,8 +18,11 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from lstm_jax import fused, onednn
 from lstm_jax.cells import Cell, Params
+
+# LAYER_IMPLS is imported only to stay readable here, its address before the
+# lstm_jax.layers package: the benchmark lists the valid names from it.
+from lstm_jax.layers import LAYER_IMPLS, get_layer_impl  # noqa: F401
 
 Array = jax.Array
 Carry = Any  # a cell's carry pytree: Array or LSTMCarry
@@ -40,48 +34,6 @@ def to_time_major(x: Array | None, time_major: bool) -> Array | None:
 
 
 from_time_major = to_time_major  # the same swap, named for the way back
-
-
-def _apply_reset(cell: Cell, carry: Carry, reset_t: Array | None) -> Carry:
-    if reset_t is None:
-        return carry
-    return jax.tree.map(lambda c: jnp.where(reset_t[:, None], jnp.zeros_like(c), c), carry)
-
-
-def scan_layer_time_major(
-    cell: Cell,
-    params: Params,
-    xs: Array,  # [T, B, D]
-    carry: Carry,
-    reset: Array | None = None,  # [T, B] bool
-    *,
-    unroll: int = 1,
-) -> tuple[Carry, Array]:
-    """The reference layer: hoisted input projection + `lax.scan` of `recur`."""
-    x_proj = cell.project(params, xs)  # [T, B, G*H], one matmul for all steps
-
-    def body(carry, inp):
-        xp_t, reset_t = inp
-        carry = _apply_reset(cell, carry, reset_t)
-        return cell.recur(params, carry, xp_t)
-
-    return jax.lax.scan(body, carry, (x_proj, reset), unroll=unroll)
-
-
-# Layer implementations by name: f(cell, params, xs, carry, reset, *, unroll).
-# "fused", "fused_remat", "fused_bf16", "cudnn": the fast paths in lstm_jax/fused.py;
-# "onednn": oneDNN's LSTM primitive on CPU (lstm_jax/onednn.py, optional dependency).
-LAYER_IMPLS: dict[str, Callable[..., tuple[Carry, Array]]] = {
-    "scan": scan_layer_time_major,
-    **fused.LAYER_IMPLS,
-    "onednn": onednn.onednn_layer_time_major,
-}
-
-
-def get_layer_impl(name: str) -> Callable[..., tuple[Carry, Array]]:
-    if name not in LAYER_IMPLS:
-        raise ValueError(f"unknown layer implementation {name!r}; valid: {sorted(LAYER_IMPLS)}")
-    return LAYER_IMPLS[name]
 
 
 def run_layer(
@@ -186,7 +138,7 @@ def _stack_rows_per_device(
     matmul and the gate math on one core. Here each device runs its own loop
     on its own core (docs/performance.md).
 
-    `check_vma=False`: the custom-VJP loops of lstm_jax/fused.py do not
+    `check_vma=False`: the custom-VJP loops of lstm_jax/layers/ do not
     annotate which values vary across devices; the values and gradients are
     checked against one device in tests/test_distributed.py.
     """

@@ -7,7 +7,7 @@
 
 Prints, per time step of one layer, the bare recurrent matmul in a loop
 (forward h @ W_h, backward dz @ W_h^T) against the forward and backward loops
-of `lstm_jax.fused` (matmul + gate math + buffer reads and stores): the
+of `lstm_jax.layers.fused` (matmul + gate math + buffer reads and stores): the
 difference is the loop's non-matmul work. Then the benchmark's whole train
 step (embedding, stack, readout, cross-entropy, clip, Adam; vocab 65) against
 the recurrent stack alone (forward + backward of sum(outputs)), the same pair
@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax import bench, fused, host, recurrent
+from lstm_jax import bench, host, recurrent
 from lstm_jax.cells import make_cell
+from lstm_jax.layers import fused
 
 
 def interleaved_medians(fns: dict[str, Callable], rounds: int) -> dict[str, float]:

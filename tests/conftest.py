@@ -41,3 +41,18 @@ def ptb_dir(tmp_path) -> pathlib.Path:
 
 def python_cmd(*args: str) -> list[str]:
     return [sys.executable, *args]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip, saying why, unless JAX's default backend is a GPU."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import jax  # only when a gpu test was collected
+
+    backend = jax.default_backend()
+    if backend == "gpu":
+        return
+    skip = pytest.mark.skip(reason=f"needs a GPU; JAX's default backend is {backend}")
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -1,4 +1,5 @@
-"""The fast layers (lstm_jax/fused.py) against plain autodiff of the reference scan.
+"""The fast layers (lstm_jax/layers/fused.py, cudnn.py) against plain autodiff of the
+reference scan.
 
 Exactness is checked in float64, so that 1e-5 measures the math and not the
 rounding: forward outputs, final carries, and gradients with respect to the
@@ -8,13 +9,16 @@ with and without reset masks and with a zero or a carried (random) state.
 
 import dataclasses
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm_jax import cells, fused, recurrent
+from lstm_jax import cells, recurrent
+from lstm_jax.layers import LAYER_IMPLS, cudnn, fallback, fused, get_layer_impl, scan
+from lstm_jax.layers.fallback import LayerFallbackWarning
 from lstm_jax.model import LanguageModel, LMConfig
 
 CELL_NAMES = ["lstm", "gru", "rnn_tanh", "rnn_relu", "irnn"]
@@ -68,14 +72,15 @@ def assert_trees_close(a, b, tol=1e-5):
 
 
 @functools.cache
-def all_cases(impl, name, num_layers, dtype=None):
+def all_cases(impl, name, num_layers, dtype=None, precision=None):
     """Forward values and gradients for {no reset, reset} x {zero, carried
     state}, one jitted function per (impl, cell, depth) to keep compiles few;
     cached, so the scan reference is computed once for all the tests.
     `dtype`: None runs in float64; a dtype rounds every input to float32 first
     and runs in `dtype` (fp32-only layers against the float64 scan on the
-    very same values)."""
-    with jax.enable_x64(True):
+    very same values). `precision`: a `jax.default_matmul_precision` for the
+    whole computation (None: JAX's default; on CPUs fp32 is exact either way)."""
+    with jax.enable_x64(True), jax.default_matmul_precision(precision):
         cell, layers, xs, carried = make(name, num_layers)
         zeros = recurrent.zero_stack_carry(cell, num_layers, B, H, jnp.float64)
         if dtype is not None:
@@ -119,7 +124,7 @@ def test_remat_saves_memory():
 
     def peak(impl):
         def loss(params, xs):
-            _, hs = recurrent.get_layer_impl(impl)(cell, params, xs, carry, None, unroll=1)
+            _, hs = get_layer_impl(impl)(cell, params, xs, carry, None, unroll=1)
             return jnp.sum(hs)
 
         compiled = jax.jit(jax.grad(loss, (0, 1))).lower(params, xs).compile()
@@ -180,7 +185,7 @@ def test_cudnn_weight_layout_matches_reference_lstm():
     with jax.enable_x64(True):
         cell, layers, xs, carried = make("lstm", 1)
         (h, c), ys = recurrent.run_layer(cell, layers[0], xs, carried[0])
-        w = fused.to_cudnn_weights(layers[0])
+        w = cudnn.to_cudnn_weights(layers[0])
         assert w.shape == (rnn.get_num_params_in_lstm(D, H, 1, False),)
         w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(w, D, H, 1, False)
         y_ref, h_ref, c_ref = rnn.lstm_ref(
@@ -202,13 +207,43 @@ def test_cudnn_weight_layout_matches_reference_lstm():
         np.testing.assert_allclose(h, h_ref[0], atol=1e-10)
         np.testing.assert_allclose(c, c_ref[0], atol=1e-10)
     if jax.default_backend() == "cpu":
-        assert not fused.cudnn_available()
+        assert not cudnn.cudnn_available()
 
 
 def test_registered_names():
-    for name in ("fused", "fused_remat", "fused_bf16", "cudnn"):
-        assert recurrent.get_layer_impl(name) is fused.LAYER_IMPLS[name]
+    for name in ("fused", "fused_remat", "fused_bf16"):
+        assert get_layer_impl(name) is fused.LAYER_IMPLS[name]
+    assert get_layer_impl("scan") is scan.scan_layer_time_major
+    assert get_layer_impl("cudnn") is cudnn.cudnn_layer_time_major
+    assert sorted(LAYER_IMPLS) == sorted(["scan", *fused.LAYER_IMPLS, "cudnn", "onednn"])
+    assert recurrent.get_layer_impl is get_layer_impl  # the stack reads the one registry
+    with pytest.raises(ValueError, match=r"implementation 'fast'; valid: \[.*'fused'"):
+        get_layer_impl("fast")
     assert fused.auto_chunk(10_000) == 100 and fused.auto_chunk(1) == 1
+
+
+def _fallback_messages(record) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, LayerFallbackWarning)]
+
+
+def test_cudnn_fallback_warns_once_per_reason(monkeypatch):
+    """Off a GPU, "cudnn" runs as "fused" (the same values) and says why, once
+    per reason however often it is traced; another reason is said once more."""
+    if cudnn.cudnn_available():
+        pytest.skip("cuDNN runs here; tests/test_layers_gpu.py covers it")
+    monkeypatch.setattr(fallback, "_warned", set())
+    cell, layers, xs, carried = make("lstm", 1, dtype=jnp.float32)
+    xs = jnp.swapaxes(xs, 0, 1)  # [T, B, D]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        got = cudnn.cudnn_layer_time_major(cell, layers[0], xs, carried[0])
+        cudnn.cudnn_layer_time_major(cell, layers[0], xs, carried[0])
+        cudnn.cudnn_layer_time_major(cell, layers[0], xs, carried[0], reset_mask().T)
+    messages = _fallback_messages(record)
+    assert len(messages) == 2, messages
+    assert messages[0].startswith('layer "cudnn" runs as "fused"') and "backend: cpu" in messages[0]
+    assert "no mid-sequence reset" in messages[1]
+    assert_trees_close(got, fused.fused_layer_time_major(cell, layers[0], xs, carried[0]), 0)
 
 
 def test_bench_cli_and_json_rows():
@@ -265,7 +300,7 @@ def test_bench_cli_and_json_rows():
     assert "| 2.00x | 0.67x |" in ours_line  # as shipped, then best row
 
 
-def test_unknown_cell_falls_back_to_the_reference_scan():
+def test_unknown_cell_falls_back_to_the_reference_scan(monkeypatch):
     """A cell the fused path does not know runs through the reference scan."""
 
     @dataclasses.dataclass(frozen=True)
@@ -281,6 +316,13 @@ def test_unknown_cell_falls_back_to_the_reference_scan():
     xs = jax.random.normal(jax.random.key(1), (T, B, D))
     carry = cell.zero_carry(B, H)
     assert fused._cell_kind(cell) is None
-    got = fused.fused_layer_time_major(cell, params, xs, carry, reset_mask().T)
-    ref = recurrent.scan_layer_time_major(cell, params, xs, carry, reset_mask().T)
+    monkeypatch.setattr(fallback, "_warned", set())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        got = fused.fused_layer_time_major(cell, params, xs, carry, reset_mask().T)
+        jax.jit(functools.partial(fused.fused_layer_time_major, cell))(params, xs, carry)
+    assert _fallback_messages(record) == [
+        'layer "fused" runs as "scan": no hand-written backward pass for the cell HalfTanh'
+    ]
+    ref = scan.scan_layer_time_major(cell, params, xs, carry, reset_mask().T)
     assert_trees_close(got, ref, tol=1e-6)

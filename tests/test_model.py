@@ -1,10 +1,14 @@
 """Language model and sequence model: shapes, parameter counts, tracing."""
 
+import dataclasses
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lstm_jax.config import base_config
 from lstm_jax.model import LanguageModel, LMConfig, SeqConfig, SequenceModel, count_params
 
 CELL_NAMES = ["lstm", "gru", "rnn_tanh", "rnn_relu", "irnn"]
@@ -108,8 +112,51 @@ def test_jitted_forward_traces_once():
         (dict(dropout=1.0), "dropout must be in"),
         (dict(embed_dim=4, tie_embeddings=True), "tie_embeddings needs embed_dim == hidden_size"),
         (dict(impl="cudnn9"), "unknown layer implementation"),
+        (dict(matmul_precision="fp32"), r"matmul_precision must be one of \('default'"),
     ],
 )
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LMConfig(vocab_size=10, **{"hidden_size": 8, **kwargs})
+
+
+@pytest.mark.parametrize("impl", ["scan", "fused"])
+def test_matmul_precision_reaches_every_matmul(impl):
+    """ "highest" and "default" both train; under "highest" every matmul of the
+    forward and the backward pass (the fused layer's hand-written one too)
+    asks XLA for full precision, under "default" none does."""
+    tokens = jax.random.randint(jax.random.key(1), (2, 6), 0, 11)
+
+    def loss_and_hlo(precision):
+        cfg = LMConfig(vocab_size=11, embed_dim=4, hidden_size=6, impl=impl)
+        m = LanguageModel(dataclasses.replace(cfg, matmul_precision=precision))
+        params = m.init(jax.random.key(0))
+
+        def loss(params):
+            logits, _ = m.apply(params, tokens, m.init_carry(2))
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+        step = jax.jit(jax.value_and_grad(loss))
+        dots = re.findall(r"stablehlo\.dot_general.*", step.lower(params).as_text())
+        return step(params), dots
+
+    (highest, grads_highest), dots_highest = loss_and_hlo("highest")
+    (default, grads_default), dots_default = loss_and_hlo("default")
+    assert len(dots_highest) == len(dots_default) > 6  # forward and backward, every layer
+    assert all("precision = [HIGHEST, HIGHEST]" in d for d in dots_highest)
+    assert not any("HIGHEST" in d for d in dots_default)
+    np.testing.assert_allclose(highest, default, rtol=1e-5)  # CPUs compute fp32 either way
+    for a, b in zip(jax.tree.leaves(grads_highest), jax.tree.leaves(grads_default), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_lm_config_defaults_are_the_training_configs():
+    """One set of defaults: LMConfig's agree with config.py's `c.model`."""
+    model = base_config().model.to_dict()
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(LMConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    assert set(model) <= set(defaults) | {"vocab_size"}, set(model) - set(defaults)
+    assert {k: defaults[k] for k in model} == model

@@ -1,4 +1,4 @@
-"""The "onednn" layer (lstm_jax/onednn.py: oneDNN's LSTM primitive through the
+"""The "onednn" layer (lstm_jax/layers/onednn.py: oneDNN's LSTM primitive through the
 XLA FFI) against plain autodiff of the reference scan.
 
 oneDNN computes in fp32, so the layer runs in fp32 here and is compared with
@@ -23,7 +23,9 @@ import pytest
 from test_distributed import run_python
 from test_fused import B, D, H, T, all_cases, assert_trees_close, reset_mask
 
-from lstm_jax import cells, onednn, recurrent
+from lstm_jax import cells, recurrent
+from lstm_jax.layers import fallback, onednn
+from lstm_jax.layers.fallback import LayerFallbackWarning
 
 
 def _installed(dist: str) -> bool:
@@ -68,10 +70,16 @@ def test_lstm_runs_through_the_primitive():
 
 
 @pytest.mark.parametrize("name", ["gru", "rnn_tanh"])
-def test_other_cells_and_resets_take_the_fused_path(name):
-    assert onednn.FORWARD_TARGET not in _stack_hlo(cells.make_cell(name), None)
+def test_other_cells_and_resets_take_the_fused_path(name, monkeypatch):
+    """...and say so, once per reason."""
+    monkeypatch.setattr(fallback, "_warned", set())
+    with pytest.warns(
+        LayerFallbackWarning, match=f'"onednn" runs as "fused".*LSTM only, not {name[:3]}'
+    ):
+        assert onednn.FORWARD_TARGET not in _stack_hlo(cells.make_cell(name), None)
     reset = jnp.asarray(reset_mask())
-    assert onednn.FORWARD_TARGET not in _stack_hlo(cells.make_cell("lstm"), reset)
+    with pytest.warns(LayerFallbackWarning, match="no mid-sequence reset"):
+        assert onednn.FORWARD_TARGET not in _stack_hlo(cells.make_cell("lstm"), reset)
 
 
 def test_missing_onednn_names_the_fix(monkeypatch, tmp_path):

@@ -1,17 +1,17 @@
-"""The adding problem (lstm_jax.research.tasks), Hochreiter & Schmidhuber 1997, exp. 4.
+"""The adding problem (lstm_jax.research.long_range), Hochreiter & Schmidhuber 1997, exp. 4.
 
-    python -m lstm_jax.research.tasks --config configs/ablations/adding.py --workdir DIR
+    python -m lstm_jax.research.long_range --config configs/ablations/adding.py --workdir DIR
     # Le, Jaitly & Hinton 2015's variant (U[0,1] values, one marker per half, MSE < 0.01):
-    python -m lstm_jax.research.tasks --config configs/ablations/adding.py:le --workdir DIR
+    python -m lstm_jax.research.long_range --config configs/ablations/adding.py:le --workdir DIR
     # another cell / optimizer / more seeds:
     #   --config.model.cell=gru --config.optim.name=rmsprop --config.sweep.seeds=(0,1,2,3)
 
-Every field is documented in lstm_jax/research/tasks.py:base_config.
+Every field is documented in lstm_jax/research/long_range.py:base_config.
 """
 
 import ml_collections
 
-from lstm_jax.research.tasks import base_config, config_args, smoke
+from lstm_jax.research.long_range import base_config, config_args, smoke
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

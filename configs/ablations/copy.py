@@ -1,16 +1,16 @@
-"""The copying memory problem (lstm_jax.research.tasks), Arjovsky, Shah & Bengio 2016.
+"""The copying memory problem (lstm_jax.research.long_range), Arjovsky, Shah & Bengio 2016.
 
 Ten symbols from an alphabet of 8, then `gap` blanks with a delimiter at the
 end, then the ten symbols must be reproduced.
 
-    python -m lstm_jax.research.tasks --config configs/ablations/copy.py --workdir DIR
+    python -m lstm_jax.research.long_range --config configs/ablations/copy.py --workdir DIR
 
-Every field is documented in lstm_jax/research/tasks.py:base_config.
+Every field is documented in lstm_jax/research/long_range.py:base_config.
 """
 
 import ml_collections
 
-from lstm_jax.research.tasks import base_config, config_args, smoke
+from lstm_jax.research.long_range import base_config, config_args, smoke
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

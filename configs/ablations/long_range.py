@@ -1,20 +1,21 @@
-"""The long-range table (lstm_jax.research.tasks): tanh RNN, IRNN, GRU and LSTM on
+"""The long-range table (lstm_jax.research.long_range): tanh RNN, IRNN, GRU and LSTM on
 the adding problem at T = 50, 100, 200, 400 (Hochreiter & Schmidhuber 1997's
 criterion), seeds trained together in one program per (cell, T).
 
-    python -m lstm_jax.research.tasks --config configs/ablations/long_range.py --workdir DIR
+    python -m lstm_jax.research.long_range --config configs/ablations/long_range.py --workdir DIR
     # the copy task (gap 50) instead:
-    python -m lstm_jax.research.tasks --config configs/ablations/long_range.py:copy --workdir DIR
+    python -m lstm_jax.research.long_range \\
+        --config configs/ablations/long_range.py:copy --workdir DIR
 
 Budget: sized for a shared 2-core CPU (hidden 32, batch 32, 3 seeds, a cap of
 3000 steps); raise `model.hidden_size`, `train.num_steps` and `sweep.seeds` on a
 real machine. Every field is documented
-in lstm_jax/research/tasks.py:base_config.
+in lstm_jax/research/long_range.py:base_config.
 """
 
 import ml_collections
 
-from lstm_jax.research.tasks import base_config, config_args, smoke
+from lstm_jax.research.long_range import base_config, config_args, smoke
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,15 +1,16 @@
-"""The temporal order problem (lstm_jax.research.tasks), Hochreiter & Schmidhuber 1997,
+"""The temporal order problem (lstm_jax.research.long_range), Hochreiter & Schmidhuber 1997,
 task 6a: classify the order (XX, XY, YX, YY) of two symbols hidden among
 distractors at steps ~[10, 20] and ~[50, 60] of a 100-step sequence.
 
-    python -m lstm_jax.research.tasks --config configs/ablations/temporal_order.py --workdir DIR
+    python -m lstm_jax.research.long_range \\
+        --config configs/ablations/temporal_order.py --workdir DIR
 
-Every field is documented in lstm_jax/research/tasks.py:base_config.
+Every field is documented in lstm_jax/research/long_range.py:base_config.
 """
 
 import ml_collections
 
-from lstm_jax.research.tasks import base_config, config_args, smoke
+from lstm_jax.research.long_range import base_config, config_args, smoke
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,15 +1,15 @@
-"""A timer task after Jaeger 2012 (lstm_jax.research.tasks): a start pulse and a
+"""A timer task after Jaeger 2012 (lstm_jax.research.long_range): a start pulse and a
 one-step duration cue; the output must hold 0.5 for the cued number of steps
 (up to 50 of a 100-step sequence), then drop to 0.
 
-    python -m lstm_jax.research.tasks --config configs/ablations/timer.py --workdir DIR
+    python -m lstm_jax.research.long_range --config configs/ablations/timer.py --workdir DIR
 
-Every field is documented in lstm_jax/research/tasks.py:base_config.
+Every field is documented in lstm_jax/research/long_range.py:base_config.
 """
 
 import ml_collections
 
-from lstm_jax.research.tasks import base_config, config_args, smoke
+from lstm_jax.research.long_range import base_config, config_args, smoke
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -12,5 +12,11 @@ Each tool is a module with `run(config, workdir) -> dict` and a CLI
   and clears it; its gradient stays ~1 while a vanilla RNN's decays.
 - `clipping`: a vanilla RNN char model under plain SGD with clipping by global
   norm, per element, and none.
+- `synthetic`: the long-range tasks (adding, copy, temporal order, timer),
+  generated on the fly from a key.
+- `long_range`: the task runner: any cell on any synthetic task, vmapped
+  sweeps (`sweep`) of seeds, learning rates and init scales.
+- `study`: the 2018 course project's hyperparameter study (optimizer, window,
+  depth), rerun as ordinary `lstm_jax.train` runs.
 - `common`: CLI flags, config loading, result files, figures.
 """

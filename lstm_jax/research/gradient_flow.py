@@ -69,6 +69,7 @@ from lstm_jax import recurrent
 from lstm_jax.cells import LSTM, Cell, LSTMCarry, Params
 from lstm_jax.model import SeqConfig, SequenceModel
 from lstm_jax.research import common
+from lstm_jax.research.synthetic import make_task
 
 Array = jax.Array
 
@@ -202,31 +203,13 @@ def scaled_norm(x: Array) -> Array:
 
 def adding_sampler(seq_len: int):
     """`sample(key, batch) -> (inputs [B, T, 2], targets [B, 1])` for the adding
-    problem of Le et al. 2015: values U[0,1], two markers (one per half), target
-    the sum of the two marked values. Uses `lstm_jax.data.tasks` when present."""
-    try:
-        from lstm_jax.data.tasks import make_task
-
-        task = make_task("adding_le", seq_len=seq_len)
-
-        def sample(key: Array, batch: int) -> tuple[Array, Array]:
-            b = task.sample(key, batch)
-            return b.inputs, b.targets
-
-        return sample
-    except ImportError:  # pragma: no cover - the data package is part of the project
-        pass
+    problem of Le et al. 2015 (`synthetic.AddingLe`): values U[0,1], two markers
+    (one per half), target the sum of the two marked values."""
+    task = make_task("adding_le", seq_len=seq_len)
 
     def sample(key: Array, batch: int) -> tuple[Array, Array]:
-        half = seq_len // 2
-        k_v, k_1, k_2 = jax.random.split(key, 3)
-        values = jax.random.uniform(k_v, (batch, seq_len))  # [B, T]
-        p1 = jax.random.randint(k_1, (batch, 1), 0, half)
-        p2 = jax.random.randint(k_2, (batch, 1), half, seq_len)
-        t = jnp.arange(seq_len)[None]
-        marked = (t == p1) | (t == p2)
-        targets = jnp.sum(jnp.where(marked, values, 0.0), 1, keepdims=True)
-        return jnp.stack([values, marked.astype(jnp.float32)], -1), targets
+        b = task.sample(key, batch)
+        return b.inputs, b.targets
 
     return sample
 

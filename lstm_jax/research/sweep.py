@@ -7,7 +7,7 @@ an evaluation on a shared held-out batch) trains all of them. It compiles once
 and runs on one device; the host loop only reads the K evaluation results
 between chunks to record when each member solves its task and to stop early.
 Axes that change shapes (cell, hidden size, sequence length) cannot share a
-program: `lstm_jax.research.tasks` loops over them and calls `train_sweep` once
+program: `lstm_jax.research.long_range` loops over them and calls `train_sweep` once
 per point.
 
 What a member is, exactly (and what `train_single`, the plain one-model loop
@@ -37,7 +37,7 @@ are independent runs.
 
 References: the vmapped-ensemble pattern follows the JAX "vmap over
 parameters" idiom (e.g. the Flax/JAX ensembling examples); the success criteria
-are the tasks' own (`lstm_jax.data.tasks`).
+are the tasks' own (`lstm_jax.research.synthetic`).
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ import numpy as np
 import optax
 
 from lstm_jax import optim
-from lstm_jax.data.tasks import Task, TaskBatch
 from lstm_jax.model import SeqConfig, SequenceModel
+from lstm_jax.research.synthetic import Task, TaskBatch
 
 Array = jax.Array
 Params = Any

@@ -1,12 +1,12 @@
 """The task runner: train any cell on any synthetic long-range task with any
 optimizer, several models at once, and report each task's success criterion.
 
-    python -m lstm_jax.research.tasks --config configs/ablations/adding.py --workdir DIR
-    python -m lstm_jax.research.tasks --config configs/ablations/adding.py \\
+    python -m lstm_jax.research.long_range --config configs/ablations/adding.py --workdir DIR
+    python -m lstm_jax.research.long_range --config configs/ablations/adding.py \\
         --config.model.cell=gru --config.optim.name=rmsprop --config.sweep.seeds=(0,1,2)
-    python -m lstm_jax.research.tasks --config configs/ablations/long_range.py --workdir DIR
+    python -m lstm_jax.research.long_range --config configs/ablations/long_range.py --workdir DIR
 
-What runs. A config names a task (`lstm_jax.data.tasks`: adding_hochreiter,
+What runs. A config names a task (`lstm_jax.research.synthetic`: adding_hochreiter,
 adding_le, copy, temporal_order, timer) with its options, a one-head
 `SequenceModel` (`config.model`: cell, hidden size, init), the optax chain of
 `lstm_jax.optim` (`config.optim`, the same section as the language-model
@@ -50,8 +50,8 @@ from ml_collections import config_dict
 
 from lstm_jax import cells, optim
 from lstm_jax.config import base_config as lm_base_config
-from lstm_jax.data.tasks import TASKS, Task, make_task
 from lstm_jax.research import common, sweep
+from lstm_jax.research.synthetic import TASKS, Task, make_task
 
 # ----------------------------------------------------------------------------
 # Config schema (configs/ablations/{adding,copy,temporal_order,timer,long_range}.py
@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_seed = 10_000  # seed of the held-out batch shared by all members
 
     c.task = ml_collections.ConfigDict()
-    c.task.name = "adding_hochreiter"  # a name in lstm_jax.data.tasks.TASKS
+    c.task.name = "adding_hochreiter"  # a name in lstm_jax.research.synthetic.TASKS
     c.task.options = ml_collections.ConfigDict()  # make_task(name, **options); see each task
 
     c.model = ml_collections.ConfigDict()

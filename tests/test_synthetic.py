@@ -1,4 +1,4 @@
-"""Tests for lstm_jax.data.tasks: each task's definition, re-derived with NumPy
+"""Tests for lstm_jax.research.synthetic: each task's definition, re-derived with NumPy
 from the sampled inputs, plus loss/metrics/solved, determinism, jit/vmap and the
 registry's errors."""
 
@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm_jax.data import tasks as T
-from lstm_jax.data.tasks import TASKS, TaskBatch, make_task
+from lstm_jax.research import synthetic as T
+from lstm_jax.research.synthetic import TASKS, TaskBatch, make_task
 
 KEY = jax.random.key(0)
 

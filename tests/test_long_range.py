@@ -1,4 +1,4 @@
-"""Tests for the task runner (lstm_jax.research.tasks), the vmapped sweeps
+"""Tests for the task runner (lstm_jax.research.long_range), the vmapped sweeps
 (lstm_jax.research.sweep) and the seeds' study (lstm_jax.research.study).
 
 The central check: K members trained in one vmapped program end with the same
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from lstm_jax.config import base_config as lm_base_config
-from lstm_jax.data.tasks import make_task
-from lstm_jax.research import common, study, sweep, tasks
+from lstm_jax.research import common, long_range, study, sweep
+from lstm_jax.research.synthetic import make_task
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -142,8 +142,8 @@ SMOKE_CONFIGS = [
 @pytest.mark.parametrize("spec", SMOKE_CONFIGS)
 def test_smoke_configs_run_end_to_end(spec, tmp_path):
     config = common.load_config(f"configs/ablations/{spec}")
-    pts, members = tasks.validate(config)
-    results = tasks.run(config, str(tmp_path))
+    pts, members = long_range.validate(config)
+    results = long_range.run(config, str(tmp_path))
     k, p = len(members), len(pts)
     # one table row per point and (learning rate, init scale): seeds are aggregated
     assert len(results["members"]) == k * p
@@ -196,7 +196,7 @@ def test_bad_configs_fail_before_compute(override, match, tmp_path):
                 target = target[part]
             target[field] = value
     with pytest.raises(ValueError, match=match):
-        tasks.run(config, str(tmp_path / "wd"))
+        long_range.run(config, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()  # refused before the workdir is made
 
 
@@ -205,7 +205,7 @@ def test_unknown_task_option_and_config_argument():
     with config.unlocked():
         config.task.options.gapp = 3
     with pytest.raises(ValueError, match="unknown option"):
-        tasks.validate(config)
+        long_range.validate(config)
     with pytest.raises(ValueError, match="valid"):
         common.load_config("configs/ablations/long_range.py:fast")
     with pytest.raises(AttributeError):  # locked: a typo in an override fails
@@ -258,7 +258,7 @@ def test_clis(tmp_path):
     env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}  # cheap compiles
     done = subprocess.run(
         [
-            sys.executable, "-m", "lstm_jax.research.tasks",
+            sys.executable, "-m", "lstm_jax.research.long_range",
             "--config", "configs/ablations/timer.py:smoke", "--workdir", str(tmp_path / "t"),
             "--config.sweep.init_scales=()", "--config.train.num_steps=2",
         ],

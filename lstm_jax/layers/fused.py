@@ -1,13 +1,14 @@
-"""Fast recurrent layers: a hand-written backward pass, rematerialisation,
-bf16 compute, and a cuDNN backend hook. Every function here is a drop-in for
-`recurrent.scan_layer_time_major` and is tested against it (tests/test_fused.py).
+"""Fast recurrent layers: a hand-written backward pass, rematerialisation and
+bf16 compute. Every function here is a drop-in for
+`lstm_jax.layers.scan.scan_layer_time_major` and is tested against it
+(tests/test_fused.py).
 
 Why a custom backward pass. Plain autodiff of the reference scan
-(`recurrent.scan_layer_time_major`) differentiates one step at a time, so the
-recurrent weight gradient `dW_h += h_{t-1}^T dz_t` becomes T small
-`[H, B] @ [B, G*H]` matmuls (and T accumulations) inside the backward loop,
-plus a store of every intermediate the step created. cuDNN's answer, copied
-here (`_layer`, one `jax.custom_vjp` per layer):
+differentiates one step at a time, so the recurrent weight gradient
+`dW_h += h_{t-1}^T dz_t` becomes T small `[H, B] @ [B, G*H]` matmuls (and T
+accumulations) inside the backward loop, plus a store of every intermediate
+the step created. cuDNN's answer, copied here (`_layer`, one
+`jax.custom_vjp` per layer):
 
     before the loop x_proj = xs @ W_x          one [T*B, D] @ [D, G*H] matmul
     forward loop    z_t = x_proj[t] + b + h_{t-1} @ W_h ; gates ; h_t, c_t
@@ -19,13 +20,14 @@ here (`_layer`, one `jax.custom_vjp` per layer):
 
 The loops are exact (the same math, sums associated differently), for every
 cell in `lstm_jax.cells`, with reset masks and with gradients flowing into the
-incoming carry. What was measured to matter on CPU (docs/performance.md):
+incoming carry; a cell they do not know runs through the reference scan (with
+one warning). What was measured to matter on CPU (docs/performance.md):
 the single dW matmuls (fewer, larger GEMMs), in-place reuse of the [T, B, G*H]
-buffer (no zero-fill, no copy, 2-2.5x less activation memory than autodiff of
-the scan), and few ops per step (one elementwise formula for all four LSTM
+buffer (no zero-fill, no copy, less activation memory than autodiff of the
+scan), and few ops per step (one elementwise formula for all four LSTM
 gates). Things measured and dropped: a transposed (state-major) layout in the
 loops, splitting the batch into independent loops, `unroll`, other XLA:CPU dot
-libraries (Eigen/XNNPACK/oneDNN: faster on one core at H=512, slower on two).
+libraries (Eigen/XNNPACK/oneDNN).
 
 Options (keep the API small; all are keyword arguments of `fused_layer_time_major`,
 and the registered names in `LAYER_IMPLS` fix common choices):
@@ -36,17 +38,12 @@ and the registered names in `LAYER_IMPLS` fix common choices):
   (the layer's input and output, O(T) by nature, stay). "auto" = ceil(sqrt(T)).
 - `compute_dtype`: e.g. jnp.bfloat16: matmul operands in that dtype, products
   accumulated in fp32, parameters, carries and gate math stay fp32.
-- `cudnn_layer_time_major` (name "cudnn"): on a GPU, the LSTM runs through
-  `jax.experimental.rnn` (cuDNN); elsewhere, or for resets / other cells, it
-  falls back to the fused layer.
 
-Registered names (merged into `recurrent.LAYER_IMPLS`):
+Registered names (merged into the registry, `lstm_jax.layers.LAYER_IMPLS`):
   "fused"        fp32, custom VJP (the fast default)
   "fused_remat"  + checkpointed chunks of ceil(sqrt(T)) steps (long sequences)
-  "fused_bf16"   + bf16 matmul operands (meant for GPUs; on CPUs with bf16
-                 dot instructions, an AMX Xeon and an AVX512-BF16 Zen 4 EPYC,
-                 it was also 1.4-1.5x faster at H=512, no faster at H=128)
-  "cudnn"        cuDNN LSTM on GPU, "fused" elsewhere
+  "fused_bf16"   + bf16 matmul operands (meant for GPUs, and CPUs with bf16
+                 dot instructions; docs/performance.md has the measurements)
 """
 
 from __future__ import annotations
@@ -60,6 +57,8 @@ import jax
 import jax.numpy as jnp
 
 from lstm_jax.cells import GRU, LSTM, LSTM_GATES, Cell, LSTMCarry, Params, SimpleRNN
+from lstm_jax.layers.fallback import warn_fallback
+from lstm_jax.layers.scan import scan_layer_time_major
 
 Array = jax.Array
 Carry = Any  # Array (GRU, RNN) or LSTMCarry(h, c)
@@ -340,22 +339,34 @@ def _loops(kind: str) -> tuple[Callable, Callable]:
 # fusion instead of in a separate pass over x_proj [T, B, G*H].
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _layer(kind: str, unroll: int, cdt: str | None, params, xs, carry, reset):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _layer(
+    kind: str, unroll: int, cdt: str | None, precision: str | None, params, xs, carry, reset
+):
     """(params {w_x, w_h, b[, b_hn]}, xs [T, B, D], carry tuple, reset [T, B] | None)
-    -> (final carry tuple, hs [T, B, H])."""
-    (final, hs), _ = _layer_fwd(kind, unroll, cdt, params, xs, carry, reset)
+    -> (final carry tuple, hs [T, B, H]).
+
+    `precision`: the `jax.default_matmul_precision` the forward was traced
+    under (None: JAX's default). The backward is traced later, outside any
+    such context, so it re-enters this one: the forward and backward matmuls
+    run at the same precision (the model's `matmul_precision`)."""
+    (final, hs), _ = _layer_fwd(kind, unroll, cdt, precision, params, xs, carry, reset)
     return final, hs
 
 
-def _layer_fwd(kind, unroll, cdt, params, xs, carry, reset):
+def _layer_fwd(kind, unroll, cdt, precision, params, xs, carry, reset):
     x_proj = _matmul(xs, params["w_x"], cdt)  # [T, B, G*H], one matmul for all steps
     rec = {k: v for k, v in params.items() if k != "w_x"}
     final, hs, res = _loops(kind)[0](rec, x_proj, carry, reset, unroll, cdt)
     return (final, hs), (params, xs, carry, reset, res)
 
 
-def _layer_bwd(kind, unroll, cdt, saved, cotangents):
+def _layer_bwd(kind, unroll, cdt, precision, saved, cotangents):
+    with jax.default_matmul_precision(precision):
+        return _layer_bwd_at_precision(kind, unroll, cdt, saved, cotangents)
+
+
+def _layer_bwd_at_precision(kind, unroll, cdt, saved, cotangents):
     params, xs, carry, reset, res = saved
     d_final, d_hs = cotangents
     rec = {k: v for k, v in params.items() if k != "w_x"}
@@ -376,7 +387,7 @@ _layer.defvjp(_layer_fwd, _layer_bwd)
 
 
 # ---------------------------------------------------------------------------
-# Public layer functions (the interface of recurrent.scan_layer_time_major).
+# Public layer functions (the interface of layers.scan.scan_layer_time_major).
 
 
 def _carry_to_tuple(cell: Cell, carry: Carry) -> tuple[Array, ...]:
@@ -399,11 +410,13 @@ def _fused_chunk(
     """Projection + custom-VJP recurrence over all of `xs` (no remat)."""
     kind = _cell_kind(cell)
     if kind is None:  # an unknown cell: the reference scan is always right
-        from lstm_jax import recurrent  # lazy: recurrent imports this module
-
-        return recurrent.scan_layer_time_major(cell, params, xs, carry, reset, unroll=unroll)
+        reason = f"no hand-written backward pass for the cell {type(cell).__name__}"
+        warn_fallback("fused", "scan", reason)
+        return scan_layer_time_major(cell, params, xs, carry, reset, unroll=unroll)
     params = {k: params[k] for k in ("w_x", "w_h", "b", "b_hn") if k in params}
-    final, hs = _layer(kind, unroll, compute_dtype, params, xs, _carry_to_tuple(cell, carry), reset)
+    precision = jax.config.jax_default_matmul_precision  # the context this is traced in
+    carry_in = _carry_to_tuple(cell, carry)
+    final, hs = _layer(kind, unroll, compute_dtype, precision, params, xs, carry_in, reset)
     return _tuple_to_carry(cell, final), hs
 
 
@@ -423,7 +436,7 @@ def fused_layer_time_major(
     remat_chunk: int | str | None = None,
     compute_dtype: Any = None,
 ) -> tuple[Carry, Array]:
-    """Drop-in for `recurrent.scan_layer_time_major` with a hand-written VJP.
+    """Drop-in for `scan.scan_layer_time_major` with a hand-written VJP.
 
     remat_chunk: None (keep every step's activations), an int K, or "auto"
       (ceil(sqrt(T))). With K, the sequence runs as an outer scan over
@@ -465,69 +478,10 @@ def fused_layer_time_major(
     return carry, hs
 
 
-# ---------------------------------------------------------------------------
-# cuDNN backend hook (GPU only; exact fallback elsewhere)
-
-
-def to_cudnn_weights(params: Params) -> Array:
-    """One LSTM layer's params -> the flat weight vector of
-    `jax.experimental.rnn` (cuDNN layout: W_ih [4H, D], W_hh [4H, H], b_ih,
-    b_hh, same i, f, g, o gate order as ours; our single bias goes to b_ih)."""
-    b = params["b"]
-    return jnp.concatenate(
-        [params["w_x"].T.reshape(-1), params["w_h"].T.reshape(-1), b, jnp.zeros_like(b)]
-    )
-
-
-def cudnn_available() -> bool:
-    """True when the default backend is a CUDA GPU and jax ships the cuDNN RNN."""
-    try:
-        from jax._src.lib import gpu_rnn  # noqa: F401  (presence check only)
-    except ImportError:
-        return False
-    return jax.default_backend() == "gpu"
-
-
-def cudnn_layer_time_major(
-    cell: Cell,
-    params: Params,
-    xs: Array,  # [T, B, D]
-    carry: Carry,
-    reset: Array | None = None,
-    *,
-    unroll: int = 1,
-) -> tuple[Carry, Array]:
-    """cuDNN's fused LSTM (`jax.experimental.rnn.lstm`) on a CUDA GPU.
-
-    cuDNN has no mid-sequence reset and only the LSTM here, so resets, other
-    cells and non-GPU backends take the exact "fused" path instead. The
-    weights are packed per call (a concat, negligible next to the layer)."""
-    if not (isinstance(cell, LSTM) and reset is None and cudnn_available()):
-        return fused_layer_time_major(cell, params, xs, carry, reset, unroll=unroll)
-    from jax.experimental import rnn  # imported only where it can run
-
-    t, b, d = xs.shape
-    hidden = params["w_h"].shape[0]
-    y, h_n, c_n = rnn.lstm(
-        jnp.swapaxes(xs, 0, 1),  # cuDNN wrapper is batch-first
-        carry.h[None],
-        carry.c[None],
-        to_cudnn_weights(params),
-        jnp.full((b,), t, jnp.int32),
-        input_size=d,
-        hidden_size=hidden,
-        num_layers=1,
-        dropout=0.0,
-        bidirectional=False,
-    )
-    return LSTMCarry(h_n[0], c_n[0]), jnp.swapaxes(y, 0, 1)
-
-
-# Names merged into recurrent.LAYER_IMPLS; each has the layer interface
-# f(cell, params, xs, carry, reset, *, unroll).
+# The names this module adds to the registry (lstm_jax.layers.LAYER_IMPLS); each
+# has the layer interface f(cell, params, xs, carry, reset, *, unroll).
 LAYER_IMPLS: dict[str, Callable[..., tuple[Carry, Array]]] = {
     "fused": fused_layer_time_major,
     "fused_remat": functools.partial(fused_layer_time_major, remat_chunk="auto"),
     "fused_bf16": functools.partial(fused_layer_time_major, compute_dtype=jnp.bfloat16),
-    "cudnn": cudnn_layer_time_major,
 }

@@ -10,10 +10,11 @@ from JAX through the XLA FFI, so a JAX model can use it too:
     + cotangents            --backward FFI-> d xs, d h0, d c0, d w_x, d w_h, d b
 
 wrapped in one `jax.custom_vjp`. Parameters, layouts and the gate order
-(i, f, g, o) are ours unchanged (lstm_jax/native/onednn_lstm.cc says how they
-map onto oneDNN's). The primitive has no mid-sequence reset, so a layer with a
-reset mask, a GRU or vanilla RNN, a non-fp32 input or a non-CPU backend takes
-the exact "fused" path instead (as the "cudnn" layer does on GPU).
+(i, f, g, o) are ours unchanged (lstm_jax/layers/native/onednn_lstm.cc says how
+they map onto oneDNN's). The primitive has no mid-sequence reset, so a layer with
+a reset mask, a GRU or vanilla RNN, a non-fp32 input or a non-CPU backend takes
+the exact "fused" path instead, with one warning per reason (as the "cudnn"
+layer does on GPU).
 
 oneDNN is an optional dependency (`pip install -e '.[onednn]'`, the
 `onednn-cpu-gomp` wheels: the library and its headers); the small C++ file is
@@ -38,8 +39,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lstm_jax import fused
 from lstm_jax.cells import LSTM, Cell, LSTMCarry, Params
+from lstm_jax.layers.fallback import warn_fallback
+from lstm_jax.layers.fused import fused_layer_time_major
 
 Array = jax.Array
 SOURCE = Path(__file__).parent / "native" / "onednn_lstm.cc"
@@ -175,15 +177,17 @@ def _lstm_layer_bwd(saved, cotangents):
 _lstm_layer.defvjp(_lstm_layer_fwd, _lstm_layer_bwd)
 
 
-def _runs_here(cell: Cell, params: Params, xs: Array, reset: Array | None) -> bool:
-    """Whether oneDNN's primitive computes exactly this layer."""
-    return (
-        isinstance(cell, LSTM)
-        and reset is None
-        and jax.default_backend() == "cpu"
-        and all(params[k].dtype == jnp.float32 for k in ("w_x", "w_h", "b"))
-        and xs.dtype == jnp.float32
-    )
+def _why_not_onednn(cell: Cell, params: Params, xs: Array, reset: Array | None) -> str | None:
+    """Why oneDNN's primitive cannot compute exactly this layer; None when it can."""
+    if not isinstance(cell, LSTM):
+        return f"oneDNN's primitive is used for the LSTM only, not {cell.name}"
+    if reset is not None:
+        return "oneDNN's LSTM primitive has no mid-sequence reset (a reset mask was given)"
+    if jax.default_backend() != "cpu":
+        return f"oneDNN runs on the CPU backend only (backend: {jax.default_backend()})"
+    if not (xs.dtype == jnp.float32 and all(params[k].dtype == jnp.float32 for k in params)):
+        return f"the oneDNN layer computes in float32, got {xs.dtype} inputs"
+    return None
 
 
 def onednn_layer_time_major(
@@ -191,17 +195,19 @@ def onednn_layer_time_major(
     params: Params,
     xs: Array,  # [T, B, D]
     carry: Any,
-    reset: Array | None = None,
+    reset: Array | None = None,  # [T, B] bool
     *,
     unroll: int = 1,
 ) -> tuple[Any, Array]:
-    """Drop-in for `recurrent.scan_layer_time_major` (the "onednn" layer).
+    """Drop-in for `scan.scan_layer_time_major` (the "onednn" layer).
 
     Raises OnednnUnavailable, naming the fix, when oneDNN is not installed;
     layers the primitive cannot compute exactly run as "fused"."""
     _library()  # fail early and clearly if oneDNN is missing
-    if not _runs_here(cell, params, xs, reset):
-        return fused.fused_layer_time_major(cell, params, xs, carry, reset, unroll=unroll)
+    reason = _why_not_onednn(cell, params, xs, reset)
+    if reason is not None:
+        warn_fallback("onednn", "fused", reason)
+        return fused_layer_time_major(cell, params, xs, carry, reset, unroll=unroll)
     layer_params = {k: params[k] for k in ("w_x", "w_h", "b")}
     (h, c), hs = _lstm_layer(layer_params, xs, carry.h, carry.c)
     return LSTMCarry(h, c), hs

@@ -1,7 +1,7 @@
 // One LSTM layer through oneDNN's fused RNN primitive (the primitive that
 // PyTorch's CPU nn.LSTM calls), exposed to JAX as two XLA FFI handlers.
 //
-// Built on first use by lstm_jax/onednn.py (g++, oneDNN from the
+// Built on first use by lstm_jax/layers/onednn.py (g++, oneDNN from the
 // `onednn-cpu-gomp` wheels); docs/performance.md says why it exists: on CPU
 // this primitive runs the recurrence at ~90% of the machine's best GEMM rate,
 // which XLA-compiled loops do not reach.
