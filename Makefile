@@ -9,7 +9,7 @@ PY312 := $(shell for p in python3.12 python3.13; do command -v $$p >/dev/null 2>
 PY311 := $(shell command -v python3.11 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.11*/bin/python3 2>/dev/null | tail -1)
 WORKDIR ?= workdirs/dnd
 
-.PHONY: setup torch-env train test lint bench
+.PHONY: setup torch-env train test test-fast lint bench
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PY312)" || { echo "error: need Python >= 3.12 (python3.12 on PATH or under pyenv)"; exit 1; }
@@ -37,6 +37,10 @@ test: setup
 	@if $(MAKE) -s torch-env; then export LSTM_JAX_TORCH_PYTHON=$$PWD/.venv-torch/bin/python; \
 	  else echo "note: no torch peer environment; PyTorch equivalence tests will skip"; fi; \
 	  $(VENV)/bin/ruff check . && $(PY) -m pytest -q tests
+
+# The inner loop: no subprocess runs, no end-to-end CLI runs (tests marked slow).
+test-fast: setup
+	LSTM_JAX_TEST_TIER=fast $(PY) -m pytest -q -m "not slow" tests
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,4 +1,6 @@
+import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -6,6 +8,22 @@ import pytest
 from lstm_jax import host
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def fast_tier_runs_no_subprocess(request, monkeypatch):
+    """`make test-fast` (LSTM_JAX_TEST_TIER=fast, `-m "not slow"`) is the inner
+    loop: a test that starts a subprocess there fails, naming the fix."""
+    if os.environ.get("LSTM_JAX_TEST_TIER") != "fast" or request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError(
+            f"{request.node.nodeid} starts a subprocess; mark it @pytest.mark.slow "
+            "(the fast tier runs none)"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session", autouse=True)

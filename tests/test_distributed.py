@@ -23,6 +23,9 @@ import pytest
 
 from lstm_jax import checkpoint, optim, parallel, train
 
+# Every test here starts processes or trains end to end: the slow tier.
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS, HALF = 16, 8
 # dnd:smoke (word LSTM 2x32, dropout 0.2, RMSProp, global batch 8), evaluated

@@ -113,6 +113,7 @@ def one_clean_error(out: subprocess.CompletedProcess) -> str:
 # Damaged arrays.
 
 
+@pytest.mark.slow
 def test_damaged_array_bytes_are_refused_by_restore_and_by_training(workdir):
     damage_arrays(workdir, 20)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", read_only=True)
@@ -145,6 +146,7 @@ def test_damaged_checkpoint_train_cli_refuses_then_falls_back_when_asked(workdir
     assert summary["start_step"] == 10 and summary["final_step"] == 30
 
 
+@pytest.mark.slow
 def test_arrays_that_differ_from_their_checksums_are_named(workdir):
     """Values that read back without error but differ from what was saved: here
     the recorded checksum of one params array no longer matches its data."""
@@ -162,6 +164,7 @@ def test_arrays_that_differ_from_their_checksums_are_named(workdir):
     assert re.search(r"/20 is damaged: 1 of 9 arrays .*\(params/layers/0/w_h\)", line)
 
 
+@pytest.mark.slow
 def test_damaged_param_bytes_are_refused_by_the_sampler_cli(workdir):
     damage_arrays(workdir, 20)
     line = one_clean_error(run_sample(workdir))
@@ -172,6 +175,7 @@ def test_damaged_param_bytes_are_refused_by_the_sampler_cli(workdir):
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
 
 
+@pytest.mark.slow
 def test_truncated_and_missing_array_files_give_one_clean_line(workdir):
     for f in array_files(workdir, 20):  # every array loses its data
         f.write_bytes(f.read_bytes()[:16])
@@ -200,6 +204,7 @@ def test_newest_good_fallback_skips_a_damaged_checkpoint(workdir, caplog):
         ckpt.restore_newest_good(target)
 
 
+@pytest.mark.slow
 def test_checkpoint_without_checksums_loads_with_a_warning(trained, tmp_path, caplog):
     """A checkpoint as this project wrote them before checksums: orbax's
     StandardSave + JSON meta, no checksums item."""
@@ -247,6 +252,7 @@ def test_unreadable_tokenizer_file_is_named(workdir):
         sample.restore(workdir)
 
 
+@pytest.mark.slow
 def test_infinite_temperature_is_refused(trained):
     restored = sample.restore(trained)
     for t in (float("inf"), float("nan")):
@@ -274,6 +280,7 @@ def test_torn_metrics_line_is_dropped_and_the_file_rewritten_atomically(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir() if "metrics" in p.name) == ["metrics.jsonl"]
 
 
+@pytest.mark.slow
 def test_training_resumes_past_a_torn_metrics_line(workdir):
     with (workdir / "metrics.jsonl").open("a") as f:
         f.write('{"step": 21, "train_loss": 0.5')  # killed mid-write after step 20
@@ -317,6 +324,7 @@ def test_async_save_survives_donation_of_the_saved_buffers(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b) * 0 - 1)
 
 
+@pytest.mark.slow
 def test_save_is_asynchronous_and_close_waits(tmp_path):
     """`save` returns before the checkpoint is committed; `close` commits it."""
     state = {"w": jnp.ones((2048, 2048))}  # 16 MiB: more than a moment to write

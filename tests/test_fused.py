@@ -105,6 +105,7 @@ def test_fused_equals_autodiff_of_scan(name, num_layers):
     assert_trees_close(all_cases("fused", name, num_layers), all_cases("scan", name, num_layers))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELL_NAMES)
 def test_remat_equals_scan_with_tail_chunk(name):
     """ "fused_remat" at T = 7: chunks of ceil(sqrt(7)) = 3, so two

@@ -51,12 +51,14 @@ def page_faults(mode: str, env: dict[str, str] | None = None) -> int:
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_a_freed_block_is_reused_without_page_faults():
     default = page_faults("default")
     assert default >= RETURNED  # glibc: munmap, then fresh zeroed pages
     assert page_faults("retain") < RETURNED // 4  # kept: the same pages again
 
 
+@pytest.mark.slow
 def test_malloc_env_names_the_same_settings():
     env = host.malloc_env()
     assert env == {

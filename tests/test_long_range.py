@@ -65,6 +65,7 @@ def separate_runs():
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vectorize", ["vmap", "map"])
 def test_sweep_equals_separate_runs(separate_runs, vectorize):
     cfg = sweep.seq_config(TASK, MODEL)
@@ -90,6 +91,7 @@ def test_sweep_equals_separate_runs(separate_runs, vectorize):
     assert not np.allclose(res.train["loss"][0], res.train["loss"][1])
 
 
+@pytest.mark.slow
 def test_solved_member_stops_and_program_ends():
     """A member that meets its criterion stops updating at that evaluation; the
     program ends when all have stopped, long before the step cap."""
@@ -139,6 +141,7 @@ SMOKE_CONFIGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SMOKE_CONFIGS)
 def test_smoke_configs_run_end_to_end(spec, tmp_path):
     config = common.load_config(f"configs/ablations/{spec}")
@@ -235,6 +238,7 @@ def test_study_variants_share_the_baseline():
         study.parse_optimizer("sgd")
 
 
+@pytest.mark.slow
 def test_study_smoke_runs_and_reuses(tmp_path):
     config = common.load_config("configs/ablations/seeds_study.py:smoke")
     results = study.run(config, str(tmp_path))
@@ -251,6 +255,7 @@ def test_study_smoke_runs_and_reuses(tmp_path):
     assert again["table"][0]["val_loss"] == results["table"][0]["val_loss"]
 
 
+@pytest.mark.slow
 def test_clis(tmp_path):
     """Both command lines parse their flags (the study shares lstm_jax.train's
     --config/--workdir); the task runner runs a smoke config end to end."""

@@ -89,6 +89,7 @@ def test_missing_onednn_names_the_fix(monkeypatch, tmp_path):
         onednn.build()
 
 
+@pytest.mark.slow
 def test_build_failure_is_reported(monkeypatch, tmp_path):
     """A compiler error surfaces with the compiler's message, and no .so is cached."""
     bad = tmp_path / "broken.cc"
@@ -136,6 +137,7 @@ ROWS_PER_DEVICE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_devices_each_run_the_primitive():
     out = run_python(["-c", ROWS_PER_DEVICE])
     result = json.loads(out.stdout.split("RESULT ", 1)[1])

@@ -84,6 +84,7 @@ def test_tanh_rnn_gradient_is_a_product_of_jacobians():
     np.testing.assert_allclose(np.asarray(norms[::-1, 0]), expected, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradient_flow_smoke_tanh_vanishes_lstm_keeps(tmp_path):
     res = gradient_flow.run(smoke("gradient_flow"), str(tmp_path))
     tanh = res["cells"]["rnn_tanh"]["init"]
@@ -120,6 +121,7 @@ def test_unknown_variant_and_locked_config():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pascanu_wall_and_clipping(tmp_path):
     cfg = smoke("pascanu")
     res = pascanu.run(cfg, str(tmp_path))
@@ -157,6 +159,7 @@ def test_pascanu_wall_line():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_memory_cell_keeps_gradient_rnn_loses_it(tmp_path):
     cfg = smoke("memory_cell")
     res = memory_cell.run(cfg, str(tmp_path))
@@ -185,6 +188,7 @@ def test_memory_cell_keeps_gradient_rnn_loses_it(tmp_path):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_clipping_smoke_bounds_updates(tmp_path):
     cfg = smoke("clipping")
     res = clipping.run(cfg, str(tmp_path))
@@ -223,6 +227,7 @@ def test_clip_grads_matches_definitions():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_flags_override_and_unknown_key(tmp_path):
     """The CLI's flags in-process: an override reaches `run`; a typo'd key is
     refused while parsing, i.e. before any compute."""
@@ -247,6 +252,7 @@ def test_flags_override_and_unknown_key(tmp_path):
         fv2(argv)
 
 
+@pytest.mark.slow
 def test_cli_entry_point_rejects_unknown_key(tmp_path):
     """`python -m lstm_jax.research.<tool>` is wired to absl: a bad key fails
     with a message naming it, and nothing is written."""

@@ -290,6 +290,7 @@ def test_interactive_loop(restored):
     assert out[1].startswith("error:") and "'xyzzy'" in out[1]
 
 
+@pytest.mark.slow
 def test_cli(workdir):
     relative = os.path.relpath(workdir, ROOT)  # as a user types it
     cmd = [sys.executable, "-m", "lstm_jax.sample", "--workdir", relative]

@@ -48,6 +48,7 @@ def final_params(workdir: pathlib.Path):
     return step, ckpt.restore_state(step, target)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,path_fixture",
     [
@@ -79,6 +80,7 @@ def test_smoke_configs_train_end_to_end(name, path_fixture, request, tmp_path, c
     assert saved["model"] == c.model.to_dict()
 
 
+@pytest.mark.slow
 def test_training_learns(tmp_path, story):
     """A small char LSTM beats the unigram baseline on a repetitive text."""
     c = smoke(
@@ -92,6 +94,7 @@ def test_training_learns(tmp_path, story):
     assert summary["val_loss"] < 0.6 * summary["unigram_val_loss"]
 
 
+@pytest.mark.slow
 def test_onednn_dots_train_the_same_model(tmp_path):
     """train.cpu_dots="onednn" changes only the matmul library XLA:CPU calls:
     the same losses as the default, up to float summation order."""
@@ -109,6 +112,7 @@ def test_onednn_dots_train_the_same_model(tmp_path):
     assert host.cpu_compiler_options("onednn", backend="cpu")["xla_cpu_use_onednn"]
 
 
+@pytest.mark.slow
 def test_exact_resume_is_bitwise(tmp_path):
     """2N steps in one run == N steps, restart, N more (dropout on, state carried)."""
     one = smoke("dnd:smoke", train__num_steps=16, train__eval_every=8, train__checkpoint_every=8)
@@ -217,6 +221,7 @@ def test_unencodable_sample_prime_fails_before_training(tmp_path):
     assert not train.has_checkpoint(tmp_path / "wd")  # nothing trained, nothing saved
 
 
+@pytest.mark.slow
 def test_unknown_config_key_fails_on_the_command_line(tmp_path):
     out = subprocess.run(
         [
@@ -268,6 +273,7 @@ def test_corpus_too_small_says_the_minimum(tmp_path):
         train.train_and_evaluate(c, str(tmp_path / "wd"))
 
 
+@pytest.mark.slow
 def test_incompatible_workdir_is_refused_and_kept(tmp_path):
     wd = tmp_path / "wd"
     train.train_and_evaluate(smoke("dnd:smoke", train__num_steps=10), str(wd))
@@ -281,6 +287,7 @@ def test_incompatible_workdir_is_refused_and_kept(tmp_path):
     assert before == after
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
     wd = tmp_path / "wd"
     train.train_and_evaluate(smoke("dnd:smoke", train__num_steps=10), str(wd))
@@ -291,6 +298,7 @@ def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
         train.train_and_evaluate(smoke("dnd:smoke", train__num_steps=20), str(wd))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     # a relu RNN is unbounded, so a huge step overflows to inf and then NaN
     c = smoke(

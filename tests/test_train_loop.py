@@ -72,6 +72,7 @@ def test_the_step_loop_never_reads_the_device(tmp_path, monkeypatch, transfer_gu
         train.train_and_evaluate(c, str(tmp_path / "caught"))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_names_the_steps_read_together(tmp_path):
     c = smoke(
         "dnd:smoke",
@@ -89,6 +90,7 @@ def test_non_finite_loss_names_the_steps_read_together(tmp_path):
     assert not train.has_checkpoint(tmp_path / "wd")  # nothing non-finite was saved
 
 
+@pytest.mark.slow
 def test_profiler_trace_for_a_range_of_steps(tmp_path):
     c = smoke("dnd:smoke", train__num_steps=6, train__eval_every=0, train__sample_length=0)
     c.train.profile_start_step = 2
@@ -98,6 +100,7 @@ def test_profiler_trace_for_a_range_of_steps(tmp_path):
     assert len(traces) == 1 and traces[0].stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_empty_validation_split_is_refused_before_compute(tmp_path, story):
     c = smoke("min_char_rnn:smoke")
     c.data.path = str(story)
@@ -120,6 +123,7 @@ def test_corpus_too_small_leaves_no_checkpoint_dir(tmp_path):
     assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.slow
 def test_the_same_file_under_another_spelling_resumes(tmp_path, story, monkeypatch):
     monkeypatch.chdir(tmp_path)
     c = smoke("short_story:smoke", train__num_steps=10)
