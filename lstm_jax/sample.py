@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from lstm_jax import cli, host
 from lstm_jax.checkpoint import Checkpointer, CheckpointError, flat_leaves
 from lstm_jax.data.corpora import RECORD_SEPARATOR
 from lstm_jax.data.tokenizers import Tokenizer, tokenizer_from_json
@@ -567,7 +568,7 @@ def _check_saved_shapes(ckpt: Checkpointer, step: int, target: Any, vocab_size: 
 # Command line.
 
 FLAGS = flags.FLAGS
-USAGE_ERROR = 2  # exit status for bad options or an unusable workdir (argparse's and sh's)
+USAGE_ERROR = cli.EXIT_USER_ERROR  # bad options or an unusable workdir (lstm_jax/cli.py)
 
 
 def define_flags() -> None:
@@ -591,7 +592,6 @@ def define_flags() -> None:
     flags.DEFINE_bool(
         "interactive", False, "Prompt for primes in a loop (empty line = record start)."
     )
-    flags.DEFINE_bool("verbose", False, "On an error, print the full traceback too.")
 
 
 def _show(text: str) -> str:
@@ -679,41 +679,34 @@ def main(argv: list[str]) -> None:
         record_start=FLAGS.record_start,
     )
     which = FLAGS.checkpoint
-    try:
-        if FLAGS.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {FLAGS.num_samples}")
-        check_options(None, FLAGS.temperature, FLAGS.top_k, FLAGS.length)
-        if which not in ("latest", "best") and not which.isdigit():
-            raise ValueError(f"--checkpoint must be 'latest', 'best' or a step, got {which!r}")
-        restored = restore(FLAGS.workdir, which)
-        print(_describe(restored))
-        if not restored.verified:
-            print(
-                f"lstm_jax.sample: warning: checkpoint {restored.step} has no checksums (it "
-                "predates them); its params are loaded unverified",
-                file=sys.stderr,
-            )
-        how = (
-            "greedy"
-            if FLAGS.greedy
-            else f"temperature {FLAGS.temperature:g}, top_k {FLAGS.top_k or 'off'}, "
-            f"seed {FLAGS.seed}"
+    host.enable_compile_cache()  # the sampler compiles once per model and options
+    if FLAGS.num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {FLAGS.num_samples}")
+    check_options(None, FLAGS.temperature, FLAGS.top_k, FLAGS.length)
+    if which not in ("latest", "best") and not which.isdigit():
+        raise ValueError(f"--checkpoint must be 'latest', 'best' or a step, got {which!r}")
+    restored = restore(FLAGS.workdir, which)
+    print(_describe(restored))
+    if not restored.verified:
+        print(
+            f"lstm_jax.sample: warning: checkpoint {restored.step} has no checksums (it "
+            "predates them); its params are loaded unverified",
+            file=sys.stderr,
         )
-        print(f"sampling: {how}; {FLAGS.num_samples} x up to {FLAGS.length} tokens")
-        if FLAGS.interactive:
-            interactive_loop(restored, options, FLAGS.seed, greedy=FLAGS.greedy, rank=FLAGS.rank)
-            return
-        sampler = make_sampler(restored.model, restored.tokenizer, prime=FLAGS.prime, **options)
-        result = sampler(restored.params, jax.random.key(FLAGS.seed))
-    except (ValueError, CheckpointError) as e:
-        if FLAGS.verbose:
-            raise
-        print(f"lstm_jax.sample: error: {e}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
+    how = (
+        "greedy"
+        if FLAGS.greedy
+        else f"temperature {FLAGS.temperature:g}, top_k {FLAGS.top_k or 'off'}, seed {FLAGS.seed}"
+    )
+    print(f"sampling: {how}; {FLAGS.num_samples} x up to {FLAGS.length} tokens")
+    if FLAGS.interactive:
+        interactive_loop(restored, options, FLAGS.seed, greedy=FLAGS.greedy, rank=FLAGS.rank)
+        return
+    sampler = make_sampler(restored.model, restored.tokenizer, prime=FLAGS.prime, **options)
+    result = sampler(restored.params, jax.random.key(FLAGS.seed))
     print(format_result(result, greedy=FLAGS.greedy, rank=FLAGS.rank))
 
 
 if __name__ == "__main__":
     define_flags()
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    cli.run(main, required=["workdir"], program="lstm_jax.sample")
