@@ -36,7 +36,7 @@ train: setup
 test: setup
 	@if $(MAKE) -s torch-env; then export LSTM_JAX_TORCH_PYTHON=$$PWD/.venv-torch/bin/python; \
 	  else echo "note: no torch peer environment; PyTorch equivalence tests will skip"; fi; \
-	  $(VENV)/bin/ruff check . && $(PY) -m pytest -q tests
+	  $(VENV)/bin/ruff check . && $(PY) -m pytest -q -n 2 tests
 
 # The inner loop: no subprocess runs, no end-to-end CLI runs (tests marked slow).
 test-fast: setup

@@ -85,6 +85,9 @@ def run(main: Callable[[list[str]], None], *, required: Sequence[str], program: 
             if FLAGS.verbose:
                 raise
             print(f"{program}: error: {message(e)}\n{_HINT}", file=sys.stderr, flush=True)
+            # The error is reported: keep reads it abandoned (orbax's coroutines,
+            # collected at exit) from printing their own tracebacks after it.
+            sys.unraisablehook = lambda unraisable: None
             sys.exit(EXIT_USER_ERROR)
 
     app.run(guarded, flags_parser=_parse_flags)
