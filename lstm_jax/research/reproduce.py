@@ -133,13 +133,13 @@ def train_point(
     latest = ckpt.latest_step()
     if latest is not None:
         record = ckpt.restore_meta(latest)
-        state = ckpt.restore_state(latest, state)
         if record["num_steps"] != t.num_steps or len(record["active"]) != k:
             raise ValueError(
                 f"{directory} holds a sweep of {len(record['active'])} members over "
                 f"{record['num_steps']} steps, not this config's {k} over {t.num_steps}; "
                 "use a new --workdir"
             )
+        state = ckpt.restore_state(latest, state)
     else:
         record = {
             "num_steps": t.num_steps,
