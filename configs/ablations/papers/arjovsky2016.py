@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.optim.name = "rmsprop"
     c.optim.learning_rate = 1e-3  # [ASB16]
+    c.optim.decay = 0.9  # [ASB16]: RMSProp decay 0.9
     c.optim.clip_value = 1.0
     c.sweep.seeds = (0, 1)
 
