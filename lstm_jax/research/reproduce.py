@@ -226,7 +226,8 @@ def table_rows(config, pts, members, records) -> list[dict[str, Any]]:
         for lr in dict.fromkeys(m.learning_rate for m in members):
             idx = [i for i, m in enumerate(members) if m.learning_rate == lr]
             solved = [rec["solved_step"][i] for i in idx if rec["solved_step"][i] is not None]
-            losses = [rec["evals"]["loss"][i][-1] for i in idx]
+            # a stopped member's later evaluations are NaN (None): its last finite one
+            losses = [next((x for x in reversed(rec["evals"]["loss"][i]) if x), None) for i in idx]
             ratio = [x / p.task.baseline for x in losses if x is not None]
             rows.append(
                 {
