@@ -1,0 +1,99 @@
+"""Tests for the paper reproductions (lstm_jax.research.reproduce and
+configs/ablations/papers/): every paper's `:smoke` config runs end to end and
+writes its "paper | ours" table and figure; a sweep cut short and resumed from
+its orbax checkpoint ends exactly where the uninterrupted sweep ends.
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from lstm_jax.research import common, long_range, reproduce
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cheap_compiles():
+    """What is computed, not how fast: fewer XLA optimisations, less CPU time."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def _config(paper: str):
+    return common.load_config(reproduce.config_path(paper) + ":smoke")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("paper", reproduce.PAPERS)
+def test_smoke_config_runs_end_to_end(paper, tmp_path):
+    config = _config(paper)
+    results = reproduce.run(config, str(tmp_path))
+    pts, members = long_range.validate(config)
+    # one row per (cell, T, learning rate), each with the paper's and our columns
+    n_lrs = len({m.learning_rate for m in members})
+    assert len(results["table"]) == len(pts) * n_lrs
+    for row in results["table"]:
+        assert row["ours_solved"].endswith(f"/{len(members) // n_lrs}")
+        assert row["budget_sequences"] == config.train.num_steps * config.train.batch_size
+    markdown = (tmp_path / "table.md").read_text()
+    assert config.paper.citation in markdown
+    for note in config.paper.notes:  # every deviation ends up beside the table
+        assert note in markdown
+    assert json.loads((tmp_path / "table.json").read_text())["paper"] == paper
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_paper_results_name_points_the_config_runs():
+    """The paper's rows are keyed `<cell>_T<T>`; a typo would show 'not run'."""
+    for paper in reproduce.PAPERS:
+        config = common.load_config(reproduce.config_path(paper))
+        keys = {f"{p.cell}_T{p.option_value}" for p in long_range.points(config)}
+        assert set(config.paper.results) <= keys | {"lstm_T1000"}, paper
+        assert keys & set(config.paper.results), paper
+
+
+def test_unknown_paper_is_refused():
+    with pytest.raises(ValueError, match="unknown paper 'hochreiter'"):
+        reproduce.config_path("hochreiter")
+
+
+@pytest.mark.slow
+def test_resumed_sweep_equals_uninterrupted(tmp_path):
+    """Cut after 1 of 3 evaluations, resumed from the checkpoint: the same
+    parameters, curves and verdicts as one uninterrupted run. Exact equality:
+    the same compiled program on the same machine, and each batch depends only
+    on the member's seed and the step number."""
+    config = _config("hochreiter1997")
+    pts, members = long_range.validate(config)
+    point = pts[0]
+    whole = reproduce.train_point(config, point, members, tmp_path / "whole")
+
+    cut_dir = tmp_path / "cut"
+    first = reproduce.train_point(config, point, members, cut_dir, stop_after_chunks=1)
+    assert first["start"] == config.train.eval_every < config.train.num_steps
+    resumed = reproduce.train_point(config, point, members, cut_dir)
+
+    assert resumed["eval_steps"] == whole["eval_steps"]
+    assert resumed["evals"] == whole["evals"]
+    assert resumed["train_loss"] == whole["train_loss"]
+    assert resumed["solved_step"] == whole["solved_step"]
+    for a, b in zip(
+        jax.tree.leaves(resumed["params"]), jax.tree.leaves(whole["params"]), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    # a finished point is not trained again
+    again = reproduce.train_point(config, point, members, cut_dir)
+    assert again["seconds"] == resumed["seconds"]
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_sweep(tmp_path):
+    config = _config("hochreiter1997")
+    pts, members = long_range.validate(config)
+    reproduce.train_point(config, pts[0], members, tmp_path, stop_after_chunks=1)
+    with pytest.raises(ValueError, match="use a new --workdir"):
+        reproduce.train_point(config, pts[0], members[:1], tmp_path)
