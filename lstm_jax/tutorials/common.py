@@ -73,13 +73,16 @@ def _map_recurrent_kernels(params: Any, on_w_h: Any, elsewhere: Any) -> Any:
     return jax.tree_util.tree_map_with_path(visit, params)
 
 
-def adam(learning_rate: float, params: Any, feedforward: bool) -> optax.GradientTransformation:
+def adam(
+    learning_rate: float | optax.Schedule, params: Any, feedforward: bool
+) -> optax.GradientTransformationExtraArgs:
     """Adam; for the feed-forward net, the recurrent kernels' updates are
-    zeroed, so W_hh stays exactly at the zero it started from."""
-    opt = optax.adam(learning_rate)
-    if not feedforward:
-        return opt
-    return optax.chain(opt, optax.masked(optax.set_to_zero(), recurrent_kernel_mask(params)))
+    zeroed, so W_hh stays exactly at the zero it started from. Accepts the
+    extra `value=loss` argument that the project's train step passes."""
+    parts = [optax.adam(learning_rate)]
+    if feedforward:
+        parts.append(optax.masked(optax.set_to_zero(), recurrent_kernel_mask(params)))
+    return optax.chain(*parts)
 
 
 def feedforward_weight_count(params: Any) -> int:
