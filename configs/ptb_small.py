@@ -38,8 +38,8 @@ def get_config(arg: str | None = None):
     c.train.eval_every = _STEPS_PER_EPOCH
     c.train.checkpoint_every = _STEPS_PER_EPOCH
     c.train.log_every = 100
-    # XLA:CPU matmuls through oneDNN: 1.17x train steps at this size on the 2-core
-    # dev CPU (A/B in one process; docs/performance.md). No effect off CPU.
+    # XLA:CPU matmuls through oneDNN: faster train steps at this size on the
+    # 2-core dev CPU (A/B in docs/performance.md). No effect off CPU.
     c.train.cpu_dots = "onednn"
 
     c.optim.name = "sgd"

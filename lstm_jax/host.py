@@ -8,10 +8,8 @@ the mmap threshold are `mmap`ed and `munmap`ed, the top of the heap is trimmed,
 and XLA's worker threads allocate from per-thread arenas whose heaps are at
 most 64 MiB, so larger blocks are `mmap`ed whatever the threshold. The next
 step then touches fresh pages, and the kernel zero-fills each one in a page
-fault. Measured on the 2-core dev CPU (`python -m lstm_jax.bench`'s train
-step, fused LSTM): 13,700 page faults per step at Zaremba small (53 MiB),
-52,000 at the seeds' size (204 MiB), 14,200 for the dnd model; with the
-settings below, none, and the step ran 1.39x, 1.04x and 1.14x faster.
+fault, tens of thousands per step at the word-level sizes; with the settings
+below, none (the measured effect on step time: docs/performance.md).
 
 `retain_freed_memory()` sets glibc's `mallopt` knobs so freed blocks stay in
 the process (one arena, blocks up to 1 GiB from the heap, no trimming below
@@ -106,9 +104,8 @@ def retain_freed_memory() -> bool:
 # XLA:CPU compiler options by dot library, passed per compiled step (the train
 # and eval steps' `jax.jit(..., compiler_options=...)`), never process-wide.
 # "default": XLA's own choice (YNNPACK in jax 0.12). "onednn": matmuls through
-# oneDNN, YNNPACK kept for reductions only. Measured A/B in one process with
-# the fused LSTM (docs/performance.md): Zaremba small 1.17x, dnd and the
-# seeds' size 1.01x, char-rnn 0.97x, so it is a per-config choice.
+# oneDNN, YNNPACK kept for reductions only. It helps at some sizes and not at
+# others (A/B in docs/performance.md), so it is a per-config choice.
 CPU_DOT_LIBRARIES: dict[str, dict[str, bool | str]] = {
     "default": {},
     "onednn": {

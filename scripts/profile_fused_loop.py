@@ -135,7 +135,7 @@ def main() -> None:
 
 
 def time_alternatives(rec: dict, x_proj: jax.Array, carry: tuple, rounds: int) -> None:
-    """Two ideas measured and dropped (docs/performance.md, session 5)."""
+    """Two ideas measured and dropped (docs/performance_log.md, run 5)."""
     t, b, g = x_proj.shape
     h = g // 4
     w, w_t = rec["w_h"], rec["w_h"].T
