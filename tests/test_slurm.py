@@ -1,0 +1,170 @@
+"""launch/slurm.sbatch, run for real: a one-node SLURM on this machine
+(launch/slurm_local/cluster.py: munged, slurmctld, slurmd), `sbatch` of the real
+script with CPU overrides on the command line, two `srun` tasks that find each
+other through SLURM's environment (jax.distributed.initialize with no arguments).
+
+Needs root and Debian's slurmctld/slurmd/slurm-client/munge packages (.ci/run
+installs them where it can); elsewhere every test here skips, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from test_distributed import assert_same_run, cli_overrides, smoke_config, subprocess_env
+
+from lstm_jax import train
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "launch" / "slurm_local"))
+import cluster  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 16  # test_distributed's OVERRIDES: dnd:smoke, 16 steps, every step logged
+LONG_STEPS = 200  # the preempted run: long enough to be signalled before it ends
+# A CPU node: two tasks of one CPU each, no GPUs (the script's GPU directives are
+# defaults; command-line flags override them).
+SBATCH_CPU_FLAGS = [
+    "--nodes=1",
+    "--ntasks-per-node=2",
+    "--cpus-per-task=1",
+    "--gpus-per-node=0",
+    "--time=10",
+]
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory, request):
+    """A running one-node cluster: the environment for sbatch/scancel/scontrol."""
+    why = cluster.missing_requirements()
+    if why:
+        pytest.skip(f"no local SLURM: {why}")
+    root = tmp_path_factory.mktemp("slurm")
+    start = time.monotonic()
+    try:
+        cluster.up(root)
+    except RuntimeError as e:
+        cluster.down(root)
+        pytest.skip(f"local SLURM bring-up failed: {e}")
+    TIMINGS["bring-up"] = time.monotonic() - start
+    yield subprocess_env(
+        SLURM_CONF=str(root / "slurm.conf"), PYTHON=sys.executable, PYTHONPATH=str(ROOT)
+    )
+    start = time.monotonic()
+    cluster.down(root)
+    TIMINGS["teardown"] = time.monotonic() - start
+    assert not (root / "pids").exists()
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    line = ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items())
+    if reporter is not None:
+        reporter.write_line(f"\nlocal SLURM wall times: {line}")
+
+
+def sbatch_command(workdir: pathlib.Path, log: pathlib.Path, steps: int) -> list[str]:
+    """The exact submission: CPU flags, the real script, the smoke config."""
+    return [
+        "sbatch",
+        *SBATCH_CPU_FLAGS,
+        f"--output={log}",
+        "launch/slurm.sbatch",
+        "configs/dnd.py:smoke",
+        str(workdir),
+        *cli_overrides(**{"train.num_steps": steps}),
+    ]
+
+
+def scontrol_job(env: dict, job_id: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    return dict(re.findall(r"(\w+)=(\S+)", out))
+
+
+def submit_and_wait(env: dict, command: list[str]) -> tuple[str, int]:
+    out = subprocess.run(
+        [command[0], "--wait", "--parsable", *command[1:]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return out.stdout.strip().split(";")[0], out.returncode
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> pathlib.Path:
+    """STEPS steps of one process on one CPU device, in the test process."""
+    wd = tmp_path_factory.mktemp("reference") / "wd"
+    train.train_and_evaluate(smoke_config(), str(wd))
+    return wd
+
+
+def test_sbatch_two_tasks_equal_one_process(slurm, reference, tmp_path):
+    log = tmp_path / "job.out"
+    start = time.monotonic()
+    job_id, code = submit_and_wait(slurm, sbatch_command(tmp_path / "wd", log, STEPS))
+    TIMINGS["job"] = time.monotonic() - start
+    text = log.read_text()
+    assert code == 0, text[-4000:]
+    assert scontrol_job(slurm, job_id)["JobState"] == "COMPLETED"
+    assert "lstm_jax: 1 node(s), 2 process(es)" in text  # srun's view
+    assert "data parallel: 2 process(es) x 1 cpu device(s) = 2" in text  # JAX's view
+    assert_same_run(tmp_path / "wd", reference, range(1, STEPS + 1))
+
+
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory) -> pathlib.Path:
+    wd = tmp_path_factory.mktemp("long_reference") / "wd"
+    train.train_and_evaluate(smoke_config(**{"train.num_steps": LONG_STEPS}), str(wd))
+    return wd
+
+
+def test_scancel_term_saves_and_resubmission_resumes(slurm, long_reference, tmp_path):
+    wd, log = tmp_path / "wd", tmp_path / "job-%j.out"
+    command = sbatch_command(wd, log, LONG_STEPS)
+    start = time.monotonic()
+    job_id = subprocess.run(
+        [command[0], "--parsable", *command[1:]],
+        cwd=ROOT,
+        env=slurm,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    metrics_file = wd / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics_file.exists() and metrics_file.stat().st_size):
+        assert time.monotonic() < deadline, "the job wrote no metrics in 300 s"
+        time.sleep(0.2)
+    # What a preemption or --signal=TERM@120 delivers: SIGTERM to every task of the step.
+    subprocess.run(["scancel", "--signal=TERM", job_id], env=slurm, check=True)
+    while scontrol_job(slurm, job_id)["JobState"] in ("PENDING", "RUNNING", "COMPLETING"):
+        assert time.monotonic() < deadline, "the signalled job did not end"
+        time.sleep(0.5)
+    TIMINGS["preempted job"] = time.monotonic() - start
+    text = pathlib.Path(str(log).replace("%j", job_id)).read_text()
+    saved = re.search(r"signal 15: saved checkpoint at step (\d+); exiting", text)
+    assert saved, text[-4000:]
+    step = int(saved.group(1))
+    assert step < LONG_STEPS, "the run ended before the signal: raise LONG_STEPS"
+    # Both tasks exited 128 + SIGTERM after the collective save, and so did the job.
+    assert "tasks 0-1: Exited with exit code 143" in text, text[-4000:]
+    assert scontrol_job(slurm, job_id)["ExitCode"] == "143:0"
+    assert str(step) in os.listdir(wd / "checkpoints")
+
+    start = time.monotonic()
+    job_id, code = submit_and_wait(slurm, command)  # the same command, unchanged
+    TIMINGS["resumed job"] = time.monotonic() - start
+    text = pathlib.Path(str(log).replace("%j", job_id)).read_text()
+    assert code == 0, text[-4000:]
+    assert f"step {step + 1}:" in text and f"step {step}:" not in text  # resumed, not restarted
+    assert_same_run(wd, long_reference, range(1, LONG_STEPS + 1))
