@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 16  # test_distributed's OVERRIDES: dnd:smoke, 16 steps, every step logged
 LONG_STEPS = 200  # the preempted run: long enough to be signalled before it ends
+LONG = {"train.num_steps": LONG_STEPS, "train.eval_every": 50, "train.checkpoint_every": 50}
 # A CPU node: two tasks of one CPU each, no GPUs (the script's GPU directives are
 # defaults; command-line flags override them).
 SBATCH_CPU_FLAGS = [
@@ -62,13 +63,13 @@ def slurm(tmp_path_factory, request):
     cluster.down(root)
     TIMINGS["teardown"] = time.monotonic() - start
     assert not (root / "pids").exists()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     line = ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items())
-    if reporter is not None:
-        reporter.write_line(f"\nlocal SLURM wall times: {line}")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # shown even when the tests pass
+        print(f"\nlocal SLURM wall times: {line}")
 
 
-def sbatch_command(workdir: pathlib.Path, log: pathlib.Path, steps: int) -> list[str]:
+def sbatch_command(workdir: pathlib.Path, log: pathlib.Path, **overrides) -> list[str]:
     """The exact submission: CPU flags, the real script, the smoke config."""
     return [
         "sbatch",
@@ -77,7 +78,7 @@ def sbatch_command(workdir: pathlib.Path, log: pathlib.Path, steps: int) -> list
         "launch/slurm.sbatch",
         "configs/dnd.py:smoke",
         str(workdir),
-        *cli_overrides(**{"train.num_steps": steps}),
+        *cli_overrides(**overrides),
     ]
 
 
@@ -111,7 +112,7 @@ def reference(tmp_path_factory) -> pathlib.Path:
 def test_sbatch_two_tasks_equal_one_process(slurm, reference, tmp_path):
     log = tmp_path / "job.out"
     start = time.monotonic()
-    job_id, code = submit_and_wait(slurm, sbatch_command(tmp_path / "wd", log, STEPS))
+    job_id, code = submit_and_wait(slurm, sbatch_command(tmp_path / "wd", log))
     TIMINGS["job"] = time.monotonic() - start
     text = log.read_text()
     assert code == 0, text[-4000:]
@@ -122,15 +123,21 @@ def test_sbatch_two_tasks_equal_one_process(slurm, reference, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def long_reference(tmp_path_factory) -> pathlib.Path:
-    wd = tmp_path_factory.mktemp("long_reference") / "wd"
-    train.train_and_evaluate(smoke_config(**{"train.num_steps": LONG_STEPS}), str(wd))
+def uninterrupted(slurm, tmp_path_factory) -> pathlib.Path:
+    """The long run, submitted the same way and left alone. (Against one process,
+    LONG_STEPS steps of all-reduce summation order drift past test_distributed's
+    tolerance; preemption is judged against the same two-task layout.)"""
+    wd = tmp_path_factory.mktemp("uninterrupted") / "wd"
+    start = time.monotonic()
+    job_id, code = submit_and_wait(slurm, sbatch_command(wd, wd.parent / "job.out", **LONG))
+    TIMINGS["uninterrupted job"] = time.monotonic() - start
+    assert code == 0, (wd.parent / "job.out").read_text()[-4000:]
     return wd
 
 
-def test_scancel_term_saves_and_resubmission_resumes(slurm, long_reference, tmp_path):
+def test_scancel_term_saves_and_resubmission_resumes(slurm, uninterrupted, tmp_path):
     wd, log = tmp_path / "wd", tmp_path / "job-%j.out"
-    command = sbatch_command(wd, log, LONG_STEPS)
+    command = sbatch_command(wd, log, **LONG)
     start = time.monotonic()
     job_id = subprocess.run(
         [command[0], "--parsable", *command[1:]],
@@ -166,5 +173,5 @@ def test_scancel_term_saves_and_resubmission_resumes(slurm, long_reference, tmp_
     TIMINGS["resumed job"] = time.monotonic() - start
     text = pathlib.Path(str(log).replace("%j", job_id)).read_text()
     assert code == 0, text[-4000:]
-    assert f"step {step + 1}:" in text and f"step {step}:" not in text  # resumed, not restarted
-    assert_same_run(wd, long_reference, range(1, LONG_STEPS + 1))
+    assert f"; resuming at step {step}" in text, text[-4000:]  # resumed, not restarted
+    assert_same_run(wd, uninterrupted, range(1, LONG_STEPS + 1))
