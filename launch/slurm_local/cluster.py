@@ -59,8 +59,12 @@ def free_port() -> int:
 
 
 def slurm_conf(root: pathlib.Path, host: str, ctld_port: int, slurmd_port: int) -> str:
+    # JAX's SLURM detector puts the coordinator on port 61440 + job id mod 4096, so two
+    # clusters on one machine (parallel test workers) must not both number jobs from 1.
+    first_job_id = 1 + secrets.randbelow(4096)
     return f"""\
 ClusterName=lstmjax
+FirstJobId={first_job_id}
 SlurmctldHost={host}
 SlurmUser=root
 SlurmdUser=root
