@@ -39,6 +39,7 @@ SBATCH_CPU_FLAGS = [
     "--gpus-per-node=0",
     "--time=10",
 ]
+ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
 TIMINGS: dict[str, float] = {}
 
 
@@ -89,16 +90,32 @@ def scontrol_job(env: dict, job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", out))
 
 
-def submit_and_wait(env: dict, command: list[str]) -> tuple[str, int]:
+def submit(env: dict, command: list[str]) -> str:
+    """`sbatch --parsable ...` from the project root; the job id."""
     out = subprocess.run(
-        [command[0], "--wait", "--parsable", *command[1:]],
+        [command[0], "--parsable", *command[1:]],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        check=True,
     )
-    return out.stdout.strip().split(";")[0], out.returncode
+    return out.stdout.strip().split(";")[0]
+
+
+def wait_for_job(env: dict, job_id: str, timeout: float = 600) -> dict[str, str]:
+    """The job's final record. Polled here rather than by `sbatch --wait`, whose
+    backing-off polls would round the measured wall times up by tens of seconds."""
+    deadline = time.monotonic() + timeout
+    while (job := scontrol_job(env, job_id))["JobState"] in ACTIVE:
+        assert time.monotonic() < deadline, f"job {job_id} still {job['JobState']}"
+        time.sleep(0.3)
+    return job
+
+
+def submit_and_wait(env: dict, command: list[str]) -> tuple[str, dict[str, str]]:
+    job_id = submit(env, command)
+    return job_id, wait_for_job(env, job_id)
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +129,10 @@ def reference(tmp_path_factory) -> pathlib.Path:
 def test_sbatch_two_tasks_equal_one_process(slurm, reference, tmp_path):
     log = tmp_path / "job.out"
     start = time.monotonic()
-    job_id, code = submit_and_wait(slurm, sbatch_command(tmp_path / "wd", log))
+    _, job = submit_and_wait(slurm, sbatch_command(tmp_path / "wd", log))
     TIMINGS["job"] = time.monotonic() - start
     text = log.read_text()
-    assert code == 0, text[-4000:]
-    assert scontrol_job(slurm, job_id)["JobState"] == "COMPLETED"
+    assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
     assert "lstm_jax: 1 node(s), 2 process(es)" in text  # srun's view
     assert "data parallel: 2 process(es) x 1 cpu device(s) = 2" in text  # JAX's view
     assert_same_run(tmp_path / "wd", reference, range(1, STEPS + 1))
@@ -129,9 +145,9 @@ def uninterrupted(slurm, tmp_path_factory) -> pathlib.Path:
     tolerance; preemption is judged against the same two-task layout.)"""
     wd = tmp_path_factory.mktemp("uninterrupted") / "wd"
     start = time.monotonic()
-    job_id, code = submit_and_wait(slurm, sbatch_command(wd, wd.parent / "job.out", **LONG))
+    _, job = submit_and_wait(slurm, sbatch_command(wd, wd.parent / "job.out", **LONG))
     TIMINGS["uninterrupted job"] = time.monotonic() - start
-    assert code == 0, (wd.parent / "job.out").read_text()[-4000:]
+    assert job["JobState"] == "COMPLETED", (wd.parent / "job.out").read_text()[-4000:]
     return wd
 
 
@@ -139,14 +155,7 @@ def test_scancel_term_saves_and_resubmission_resumes(slurm, uninterrupted, tmp_p
     wd, log = tmp_path / "wd", tmp_path / "job-%j.out"
     command = sbatch_command(wd, log, **LONG)
     start = time.monotonic()
-    job_id = subprocess.run(
-        [command[0], "--parsable", *command[1:]],
-        cwd=ROOT,
-        env=slurm,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    job_id = submit(slurm, command)
     metrics_file = wd / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics_file.exists() and metrics_file.stat().st_size):
@@ -154,9 +163,7 @@ def test_scancel_term_saves_and_resubmission_resumes(slurm, uninterrupted, tmp_p
         time.sleep(0.2)
     # What a preemption or --signal=TERM@120 delivers: SIGTERM to every task of the step.
     subprocess.run(["scancel", "--signal=TERM", job_id], env=slurm, check=True)
-    while scontrol_job(slurm, job_id)["JobState"] in ("PENDING", "RUNNING", "COMPLETING"):
-        assert time.monotonic() < deadline, "the signalled job did not end"
-        time.sleep(0.5)
+    job = wait_for_job(slurm, job_id)
     TIMINGS["preempted job"] = time.monotonic() - start
     text = pathlib.Path(str(log).replace("%j", job_id)).read_text()
     saved = re.search(r"signal 15: saved checkpoint at step (\d+); exiting", text)
@@ -165,13 +172,13 @@ def test_scancel_term_saves_and_resubmission_resumes(slurm, uninterrupted, tmp_p
     assert step < LONG_STEPS, "the run ended before the signal: raise LONG_STEPS"
     # Both tasks exited 128 + SIGTERM after the collective save, and so did the job.
     assert "tasks 0-1: Exited with exit code 143" in text, text[-4000:]
-    assert scontrol_job(slurm, job_id)["ExitCode"] == "143:0"
+    assert (job["JobState"], job["ExitCode"]) == ("FAILED", "143:0")
     assert str(step) in os.listdir(wd / "checkpoints")
 
     start = time.monotonic()
-    job_id, code = submit_and_wait(slurm, command)  # the same command, unchanged
+    job_id, job = submit_and_wait(slurm, command)  # the same command, unchanged
     TIMINGS["resumed job"] = time.monotonic() - start
     text = pathlib.Path(str(log).replace("%j", job_id)).read_text()
-    assert code == 0, text[-4000:]
+    assert job["JobState"] == "COMPLETED", text[-4000:]
     assert f"; resuming at step {step}" in text, text[-4000:]  # resumed, not restarted
     assert_same_run(wd, uninterrupted, range(1, LONG_STEPS + 1))
