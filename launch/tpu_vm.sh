@@ -5,6 +5,7 @@
 #
 #   launch/tpu_vm.sh NAME ZONE setup                     # copy the repo, install
 #   launch/tpu_vm.sh NAME ZONE train CONFIG WORKDIR [train flags...]
+#   launch/tpu_vm.sh --dry-run NAME ZONE ...             # print the gcloud commands only
 #
 # e.g.  launch/tpu_vm.sh my-v4-32 us-central2-b train configs/dnd.py /mnt/nfs/workdirs/dnd
 #
@@ -12,8 +13,13 @@
 # mounted with gcsfuse): all hosts write their checkpoint shards there and
 # process 0 writes config, tokenizer and metrics.
 set -euo pipefail
+DRY_RUN=0
+if [[ "${1:-}" == --dry-run ]]; then
+  DRY_RUN=1
+  shift
+fi
 if [[ $# -lt 3 ]]; then
-  echo "usage: launch/tpu_vm.sh NAME ZONE setup | train CONFIG WORKDIR [flags...]" >&2
+  echo "usage: launch/tpu_vm.sh [--dry-run] NAME ZONE setup | train CONFIG WORKDIR [flags...]" >&2
   exit 2
 fi
 NAME=$1
@@ -22,13 +28,22 @@ ACTION=$3
 shift 3
 REMOTE_DIR=${REMOTE_DIR:-lstm_jax}  # relative to the remote home directory
 HERE=$(cd "$(dirname "$0")/.." && pwd)
+run() {  # the command, or with --dry-run one shell-quoted line of it
+  if [[ ${DRY_RUN} == 1 ]]; then
+    local line
+    printf -v line '%q ' "$@"
+    echo "${line% }"
+  else
+    "$@"
+  fi
+}
 ssh_all() {
-  gcloud compute tpus tpu-vm ssh "${NAME}" --zone="${ZONE}" --worker=all --command="$1"
+  run gcloud compute tpus tpu-vm ssh "${NAME}" --zone="${ZONE}" --worker=all --command="$1"
 }
 
 case "${ACTION}" in
   setup)
-    gcloud compute tpus tpu-vm scp --recurse --zone="${ZONE}" --worker=all \
+    run gcloud compute tpus tpu-vm scp --recurse --zone="${ZONE}" --worker=all \
       "${HERE}" "${NAME}:~/${REMOTE_DIR}"
     ssh_all "cd ~/${REMOTE_DIR} && python3 -m venv .venv && .venv/bin/pip install -q -U pip \
       && .venv/bin/pip install -q -e . 'jax[tpu]'"
