@@ -46,6 +46,8 @@ def get_config(arg: str | None = None):
     c.optim.name = "rmsprop"
     c.optim.learning_rate = 1e-3
     c.optim.decay = 0.9  # Keras's RMSprop rho, as the seeds used
+    c.optim.eps = 1e-7  # Keras's epsilon, added outside the square root
+    c.optim.eps_in_sqrt = False
     c.optim.clip_mode = "global_norm"
     c.optim.clip_value = 5.0
 

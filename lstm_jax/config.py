@@ -93,6 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9  # adam beta1
     c.optim.b2 = 0.999  # adam beta2
     c.optim.eps = 1e-8  # optimizer epsilon
+    # rmsprop: divide by sqrt(v) + eps (False: char-rnn, PyTorch, Keras, TF) or by
+    # sqrt(v + eps) (True: optax's default). With eps 1e-8 inside, the step of a
+    # weight whose gradients are rarely non-zero (a rare character's column) is
+    # capped near lr * g / 1e-4 instead of reaching lr * sign(g).
+    c.optim.eps_in_sqrt = False
     c.optim.weight_decay = 1e-4  # adamw decoupled weight decay
 
     c.parallel = ml_collections.ConfigDict()  # data parallelism (lstm_jax/parallel.py)

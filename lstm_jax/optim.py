@@ -65,9 +65,11 @@ SCHEDULES: dict[str, Callable[[Any, int], Schedule]] = {
 
 OPTIMIZERS: dict[str, Callable[[Any, Schedule], optax.GradientTransformation]] = {
     "sgd": lambda c, lr: optax.sgd(lr, momentum=c.momentum or None, nesterov=c.nesterov),
-    # char-rnn's RMSProp: decay 0.95; the seeds used Keras's rho 0.9.
+    # char-rnn's RMSProp: decay 0.95; the seeds used Keras's rho 0.9. Where eps
+    # sits is `eps_in_sqrt` (see config.py): char-rnn, PyTorch and Keras divide by
+    # sqrt(v) + eps, optax's default by sqrt(v + eps).
     "rmsprop": lambda c, lr: optax.rmsprop(
-        lr, decay=c.decay, eps=c.eps, momentum=c.momentum or None
+        lr, decay=c.decay, eps=c.eps, eps_in_sqrt=c.eps_in_sqrt, momentum=c.momentum or None
     ),
     "adam": lambda c, lr: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps),
     "adamw": lambda c, lr: optax.adamw(

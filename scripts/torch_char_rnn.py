@@ -8,7 +8,7 @@ RMSprop lr 2e-3 alpha 0.95, per-element clip 5, uniform(+-0.08) init.
 Prints one JSON line: val loss (nats/char) over the whole validation split,
 training tokens/s.
 
-usage: python torch_char_rnn.py DATA.npz STEPS
+usage: python torch_char_rnn.py DATA.npz STEPS [SEED]
 """
 
 import json
@@ -18,7 +18,6 @@ import time
 import numpy as np
 import torch
 
-torch.manual_seed(0)
 torch.set_num_threads(2)
 B, T, H, L = 50, 50, 128, 2
 
@@ -49,7 +48,8 @@ def streams(ids: np.ndarray, b: int):
     return torch.from_numpy(x).long(), torch.from_numpy(y).long(), n // T
 
 
-def main(path: str, steps: int) -> None:
+def main(path: str, steps: int, seed: int = 0) -> None:
+    torch.manual_seed(seed)
     d = np.load(path, allow_pickle=False)
     vocab = int(d["vocab_size"])
     net = CharRNN(vocab)
@@ -87,6 +87,7 @@ def main(path: str, steps: int) -> None:
             {
                 "impl": "pytorch nn.LSTM",
                 "steps": steps,
+                "seed": seed,
                 "val_loss": total / count,
                 "tokens_per_s": B * T / median,
                 "train_loss_last": loss.item(),
@@ -96,4 +97,4 @@ def main(path: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)

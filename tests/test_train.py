@@ -351,7 +351,13 @@ def run_updates(tx, steps=3, value=1.0):
             dict(
                 name="rmsprop", learning_rate=2e-3, decay=0.95, clip_mode="element", clip_value=5.0
             ),
-            lambda: optax.chain(optax.clip(5.0), optax.rmsprop(2e-3, decay=0.95, eps=1e-8)),
+            lambda: optax.chain(
+                optax.clip(5.0), optax.rmsprop(2e-3, decay=0.95, eps=1e-8, eps_in_sqrt=False)
+            ),
+        ),
+        (
+            dict(name="rmsprop", learning_rate=1e-3, decay=0.9, eps_in_sqrt=True, clip_mode="none"),
+            lambda: optax.rmsprop(1e-3, decay=0.9, eps=1e-8, eps_in_sqrt=True),
         ),
         (
             dict(name="sgd", learning_rate=1.0, clip_mode="global_norm", clip_value=5.0),
@@ -369,6 +375,38 @@ def run_updates(tx, steps=3, value=1.0):
 def test_optimizer_chain_equals_reference(cfg, reference):
     got = run_updates(optim.make_optimizer(optim_config(**cfg), steps_per_epoch=10))
     np.testing.assert_allclose(got, run_updates(reference()), rtol=1e-6)
+
+
+def test_rmsprop_eps_outside_the_root_is_pytorchs_and_char_rnns_formula():
+    """torch.optim.RMSprop / char-rnn's optim.rmsprop, written out:
+    v = a v + (1 - a) g^2;  w -= lr g / (sqrt(v) + eps). Gradients of 1e-5 make
+    the placement matter: sqrt(v) is ~1e-5, far below sqrt(eps) = 1e-4."""
+    lr, a, eps = 2e-3, 0.95, 1e-8
+    w0 = np.linspace(-1.0, 1.0, 6).reshape(2, 3).astype(np.float64)
+    grads = [w0 * 1e-5 * (1 + i) for i in range(3)]
+    w, v, expected = w0.copy(), np.zeros_like(w0), []
+    for g in grads:
+        v = a * v + (1 - a) * g * g
+        w = w - lr * g / (np.sqrt(v) + eps)
+        expected.append(w.copy())
+
+    def run(eps_in_sqrt):
+        c = optim_config(name="rmsprop", learning_rate=lr, decay=a, eps=eps, clip_mode="none")
+        c.eps_in_sqrt = eps_in_sqrt
+        tx = optim.make_optimizer(c, steps_per_epoch=10)
+        params = {"w": w0.astype(np.float32)}
+        state, out = tx.init(params), []
+        for g in grads:
+            updates, state = tx.update({"w": g.astype(np.float32)}, state, params)
+            params = optax.apply_updates(params, updates)
+            out.append(np.asarray(params["w"]))
+        return np.stack(out)
+
+    np.testing.assert_allclose(run(False), np.stack(expected), rtol=1e-5, atol=1e-7)
+    # optax's default placement takes far smaller steps here (sqrt(v + eps) ~ 1e-4)
+    step_inside = np.abs(run(True)[-1] - w0).max()
+    step_outside = np.abs(run(False)[-1] - w0).max()
+    assert step_inside < 0.5 * step_outside
 
 
 def test_schedules():
