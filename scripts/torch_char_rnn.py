@@ -1,14 +1,17 @@
 """karpathy/char-rnn's defaults in PyTorch nn.LSTM, for a side-by-side run.
 
-Runs in the torch interpreter (LSTM_JAX_TORCH_PYTHON). Reads the token ids our
-pipeline produced (an .npz with `train`, `valid`, `vocab_size`), so both sides
-see identical data, and trains the way char-rnn does: one-hot input, 2x128
-LSTM, B=50 contiguous streams x T=50 with the state carried across windows,
-RMSprop lr 2e-3 alpha 0.95, per-element clip 5, uniform(+-0.08) init.
-Prints one JSON line: val loss (nats/char) over the whole validation split,
-training tokens/s.
+Runs in the torch interpreter (LSTM_JAX_TORCH_PYTHON). Reads the token ids and
+the validation batches our pipeline produced (an .npz written by
+scripts/compare_char_rnn.py), so both sides train on identical streams and are
+scored on identical tokens. Trains the way char-rnn does: one-hot input, 2x128
+LSTM, B=50 contiguous streams x T=50 with the state carried across windows and
+reset at each epoch, RMSprop lr 2e-3 alpha 0.95 eps 1e-8 (outside the square
+root), per-element clip 5, uniform(+-0.08) init, forget-gate bias 1.
 
-usage: python torch_char_rnn.py DATA.npz STEPS [SEED]
+Prints one JSON line: the train loss every `log_every` steps, the validation
+loss (nats/char) every `eval_every` steps, training tokens/s.
+
+usage: python torch_char_rnn.py DATA.npz STEPS SEED EVAL_EVERY LOG_EVERY
 """
 
 import json
@@ -41,23 +44,39 @@ class CharRNN(torch.nn.Module):
 
 
 def streams(ids: np.ndarray, b: int):
-    """B contiguous streams of inputs and targets, the tail dropped."""
+    """B contiguous streams of inputs and targets, the tail dropped (as ours)."""
     n = (len(ids) - 1) // b // T * T
     x = ids[: b * n].reshape(b, n)
     y = ids[1 : b * n + 1].reshape(b, n)
     return torch.from_numpy(x).long(), torch.from_numpy(y).long(), n // T
 
 
-def main(path: str, steps: int, seed: int = 0) -> None:
+@torch.no_grad()
+def evaluate(net, d) -> float:
+    """Mean loss over our eval batches [W, B, T]: the carry passed window to
+    window, padding masked out, every validation target scored once."""
+    total, count, state = 0.0, 0.0, None
+    for x, y, m in zip(d["val_inputs"], d["val_targets"], d["val_mask"], strict=True):
+        logits, state = net(torch.from_numpy(x).long(), state)
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, net.vocab), torch.from_numpy(y).long().reshape(-1), reduction="none"
+        )
+        mask = torch.from_numpy(m).reshape(-1)
+        total += float((nll * mask).sum())
+        count += float(mask.sum())
+    return total / count
+
+
+def main(path: str, steps: int, seed: int, eval_every: int, log_every: int) -> None:
     torch.manual_seed(seed)
     d = np.load(path, allow_pickle=False)
     vocab = int(d["vocab_size"])
     net = CharRNN(vocab)
     opt = torch.optim.RMSprop(net.parameters(), lr=2e-3, alpha=0.95, eps=1e-8)
     x, y, per_epoch = streams(d["train"], B)
-    state, times = None, []
-    for step in range(steps):
-        w = step % per_epoch
+    state, times, train_curve, val_curve = None, [], [], []
+    for step in range(1, steps + 1):
+        w = (step - 1) % per_epoch
         if w == 0:
             state = None  # a new epoch starts every stream afresh
         t0 = time.perf_counter()
@@ -72,15 +91,10 @@ def main(path: str, steps: int, seed: int = 0) -> None:
             p.grad.clamp_(-5.0, 5.0)
         opt.step()
         times.append(time.perf_counter() - t0)
-    vx, vy, vwin = streams(d["valid"], min(B, max(1, (len(d["valid"]) - 1) // T)))
-    total, count, state = 0.0, 0, None
-    with torch.no_grad():
-        for w in range(vwin):
-            logits, state = net(vx[:, w * T : (w + 1) * T], state)
-            total += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, vocab), vy[:, w * T : (w + 1) * T].reshape(-1), reduction="sum"
-            ).item()
-            count += vy[:, w * T : (w + 1) * T].numel()
+        if step % log_every == 0:
+            train_curve.append([step, loss.item()])
+        if step % eval_every == 0 or step == steps:
+            val_curve.append([step, evaluate(net, d)])
     median = float(np.median(times[10:])) if len(times) > 10 else float(np.median(times))
     print(
         json.dumps(
@@ -88,13 +102,14 @@ def main(path: str, steps: int, seed: int = 0) -> None:
                 "impl": "pytorch nn.LSTM",
                 "steps": steps,
                 "seed": seed,
-                "val_loss": total / count,
+                "val_loss": val_curve[-1][1],
                 "tokens_per_s": B * T / median,
-                "train_loss_last": loss.item(),
+                "train_curve": train_curve,
+                "val_curve": val_curve,
             }
         )
     )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)
+    main(sys.argv[1], *(int(a) for a in sys.argv[2:6]))
