@@ -3,6 +3,9 @@ transformation against a NumPy loop, the trigger against awd-lstm-lm's rule,
 evaluation and sampling on the averaged weights, exact resume across the
 trigger, and nothing changed when it is off."""
 
+import contextlib
+import io
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,16 +171,18 @@ def nt_config(num_steps=STEPS):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("ntasgd") / "full"
-    summary = train.train_and_evaluate(nt_config(), str(wd))
-    return wd, summary
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):  # the smoke config prints, no progress bar
+        summary = train.train_and_evaluate(nt_config(), str(wd))
+    return wd, summary, console.getvalue()
 
 
 def eval_rows(wd):
     return [r for r in metrics.read_jsonl(wd / "metrics.jsonl") if "val_loss" in r]
 
 
-def test_averaging_starts_where_the_rule_says_and_is_logged(full_run, capsys):
-    wd, summary = full_run
+def test_averaging_starts_where_the_rule_says_and_is_logged(full_run):
+    wd, summary, console = full_run
     rows = eval_rows(wd)
     losses = [r["val_loss"] for r in rows]
     index = awd_lstm_lm_trigger(losses, 1)
@@ -186,6 +191,8 @@ def test_averaging_starts_where_the_rule_says_and_is_logged(full_run, capsys):
     assert summary["nt_asgd_trigger_step"] == trigger
     assert [r["step"] for r in rows if "nt_asgd_trigger_step" in r] == [trigger]
     assert rows[index]["nt_asgd_trigger_step"] == trigger
+    started = [line for line in console.splitlines() if "NT-ASGD averages" in line]
+    assert len(started) == 1 and started[0].startswith(f"step {trigger}: val loss")
     meta = checkpoint.Checkpointer(wd / "checkpoints", read_only=True).restore_meta(STEPS)
     assert meta["nt_asgd"] == {"val_losses": losses, "trigger_step": trigger}
 
@@ -193,7 +200,7 @@ def test_averaging_starts_where_the_rule_says_and_is_logged(full_run, capsys):
 def test_evaluation_uses_the_averaged_weights(full_run):
     """The reported val loss is the averaged params' loss, computed here
     directly; the raw iterate's loss differs."""
-    wd, summary = full_run
+    wd, summary, _ = full_run
     trigger = summary["nt_asgd_trigger_step"]
     step, state = final_params(wd)
     assert step == STEPS and bool(state.opt_state.averaging)
@@ -215,7 +222,7 @@ def test_evaluation_uses_the_averaged_weights(full_run):
 
 
 def test_sampler_restores_the_averaged_weights(full_run):
-    wd, _ = full_run
+    wd, _, _ = full_run
     _, state = final_params(wd)
     restored = sample.restore(wd)
     assert restored.averaged and "NT-ASGD averaged" in sample._describe(restored)
@@ -236,7 +243,7 @@ def test_resume_across_the_trigger_equals_one_run(full_run, tmp_path):
     """Stopped before the trigger (the val-loss history must carry over),
     then after it (the average must), then finished: the same params,
     optimizer state (average, count, flag), val losses and trigger step."""
-    wd, summary = full_run
+    wd, summary, _ = full_run
     trigger = summary["nt_asgd_trigger_step"]
     cuts = [trigger - 2 * EVERY, trigger + EVERY, STEPS]
     assert 0 < cuts[0] < trigger < cuts[1] < STEPS
