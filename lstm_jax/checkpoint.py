@@ -320,17 +320,22 @@ class Checkpointer:
         self.verify(step, state)
         return state
 
-    def restore_params(self, step: int, target: Any) -> Any:
-        """Restores `state.params` alone (the optimizer state is never read) into
-        the structure, shapes, dtypes and shardings of `target`, verified."""
+    def restore_params(self, step: int, target: Any, subtree: str = "params") -> Any:
+        """Restores `state.params` alone (nothing else is read) into the
+        structure, shapes, dtypes and shardings of `target`, verified. `subtree`:
+        another params-shaped part of the state instead, by its leaf-name prefix
+        (NT-ASGD's average: "opt_state/averaged_params"); every step of the path
+        must be a dict key or a NamedTuple field (orbax stores tuples as lists,
+        which a partial restore cannot skip into)."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        args = ocp.args.PyTreeRestore(
-            item={"params": abstract},
-            restore_args={"params": ocp.checkpoint_utils.construct_restore_args(abstract)},
-            partial_restore=True,
-        )
-        params = self._restore_item(step, "state", args)["params"]
-        self.verify(step, params, prefix="params")
+        item, restore_args = abstract, ocp.checkpoint_utils.construct_restore_args(abstract)
+        for key in reversed(subtree.split("/")):
+            item, restore_args = {key: item}, {key: restore_args}
+        args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+        params = self._restore_item(step, "state", args)
+        for key in subtree.split("/"):
+            params = params[key]
+        self.verify(step, params, prefix=subtree)
         return params
 
     def saved_checksums(self, step: int) -> dict[str, str] | None:

@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
     # capped near lr * g / 1e-4 instead of reaching lr * sign(g).
     c.optim.eps_in_sqrt = False
     c.optim.weight_decay = 1e-4  # adamw decoupled weight decay
+    # nt_asgd: start averaging once the val loss is worse than the best of those
+    # more than this many evaluations old (Merity et al. 2017's n; AWD: 5)
+    c.optim.nt_asgd_interval = 5
 
     c.parallel = ml_collections.ConfigDict()  # data parallelism (lstm_jax/parallel.py)
     c.parallel.per_device_batch_size = 0  # > 0: global batch = this x devices (sets batch_size)
@@ -179,4 +182,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"unknown train.cpu_dots {cpu_dots!r}; valid: {sorted(host.CPU_DOT_LIBRARIES)}"
         )
-    optim.validate(config.optim)
+    optim.validate(full.optim)
+    if full.optim.name == "nt_asgd" and not full.train.evaluate:
+        raise ValueError(
+            "optim.name='nt_asgd' starts averaging from the validation losses; "
+            "it needs train.evaluate=True"
+        )

@@ -449,6 +449,20 @@ class Restored:
     meta: dict[str, Any]  # the checkpoint's JSON meta: config, val_loss, ...
     workdir: pathlib.Path
     verified: bool = True  # False: an old checkpoint without checksums, loaded unchecked
+    averaged: bool = False  # True: NT-ASGD's averaged weights, as evaluation used them
+
+
+# Where NT-ASGD's average of the iterates lives in a checkpoint (flat_leaves names;
+# train.TrainState.opt_state is an optim.NTAverageState).
+AVERAGED_PARAMS = "opt_state/averaged_params"
+
+
+def params_subtree(meta: dict[str, Any]) -> str:
+    """The params the training run evaluated at this checkpoint: NT-ASGD's
+    average once averaging had started (its `nt_asgd` meta has a trigger
+    step), else the iterate."""
+    nt = meta.get("nt_asgd") or {}
+    return AVERAGED_PARAMS if nt.get("trigger_step") is not None else "params"
 
 
 # The params whose first dimension is the vocabulary (flat_leaves names).
@@ -486,9 +500,11 @@ def restore(workdir: str | pathlib.Path, checkpoint: str | int = "latest") -> Re
     Only `state.params` is read from the checkpoint (a partial restore through
     `Checkpointer.restore_params`, which verifies their checksums), into the
     structure that the saved config's model defines; the optimizer state is
-    never loaded. The tokenizer and config come from the checkpoint's meta
-    (falling back to the workdir's tokenizer.json / config.json), and the
-    tokenizer's size is checked against the saved embedding/readout shapes.
+    never loaded. After NT-ASGD's trigger the params read are the average of
+    the iterates instead (`params_subtree`), the weights evaluation used.
+    The tokenizer and config come from the checkpoint's meta (falling back to
+    the workdir's tokenizer.json / config.json), and the tokenizer's size is
+    checked against the saved embedding/readout shapes.
     """
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
@@ -505,16 +521,18 @@ def restore(workdir: str | pathlib.Path, checkpoint: str | int = "latest") -> Re
         meta = ckpt.restore_meta(step)
         model, tokenizer = _model_and_tokenizer(meta, workdir, str(ckpt.step_dir(step)))
         target = jax.eval_shape(model.init, jax.random.key(0))
-        _check_saved_shapes(ckpt, step, target, tokenizer.vocab_size)
+        subtree = params_subtree(meta)
+        _check_saved_shapes(ckpt, step, target, tokenizer.vocab_size, subtree)
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), target
         )
-        params = ckpt.restore_params(step, target)
+        params = ckpt.restore_params(step, target, subtree)
         verified = ckpt.has_checksums(step)
     finally:
         ckpt.close()
-    return Restored(model, params, tokenizer, step, meta, workdir, verified)
+    averaged = subtree == AVERAGED_PARAMS
+    return Restored(model, params, tokenizer, step, meta, workdir, verified, averaged)
 
 
 def _model_and_tokenizer(
@@ -538,11 +556,15 @@ def _model_and_tokenizer(
     return model, tokenizer
 
 
-def _check_saved_shapes(ckpt: Checkpointer, step: int, target: Any, vocab_size: int) -> None:
-    """The saved params against the tokenizer and the model the config describes,
-    read from the checkpoint's metadata before any array is."""
+def _check_saved_shapes(
+    ckpt: Checkpointer, step: int, target: Any, vocab_size: int, subtree: str = "params"
+) -> None:
+    """The saved params (and `subtree`, the params to be restored, if another)
+    against the tokenizer and the model the config describes, read from the
+    checkpoint's metadata before any array is."""
     where = ckpt.step_dir(step)
-    saved = {k: v for k, v in ckpt.array_shapes(step).items() if k.startswith("params/")}
+    shapes = ckpt.array_shapes(step)
+    saved = {k: v for k, v in shapes.items() if k.startswith("params/")}
     vocab_dims = {name: shape[0] for name, shape in saved.items() if name in VOCAB_SIZED_PARAMS}
     if any(v != vocab_size for v in vocab_dims.values()):
         raise CheckpointError(
@@ -551,17 +573,19 @@ def _check_saved_shapes(ckpt: Checkpointer, step: int, target: Any, vocab_size: 
             f"({', '.join(f'{k}: {saved[k]}' for k in vocab_dims)}): the tokenizer "
             "does not belong to these weights"
         )
-    expected = {k: tuple(v.shape) for k, v in flat_leaves(target, "params").items()}
-    if expected != saved:
-        diffs = [
-            f"{k}: saved {saved.get(k)} vs config {expected.get(k)}"
-            for k in sorted(saved.keys() | expected.keys())
-            if saved.get(k) != expected.get(k)
-        ]
-        raise CheckpointError(
-            f"the params of checkpoint {where} do not match the model its config "
-            f"describes ({'; '.join(diffs[:5])})"
-        )
+    for prefix in dict.fromkeys(("params", subtree)):
+        saved = {k: v for k, v in shapes.items() if k.startswith(f"{prefix}/")}
+        expected = {k: tuple(v.shape) for k, v in flat_leaves(target, prefix).items()}
+        if expected != saved:
+            diffs = [
+                f"{k}: saved {saved.get(k)} vs config {expected.get(k)}"
+                for k in sorted(saved.keys() | expected.keys())
+                if saved.get(k) != expected.get(k)
+            ]
+            raise CheckpointError(
+                f"the {prefix} of checkpoint {where} do not match the model its config "
+                f"describes ({'; '.join(diffs[:5])})"
+            )
 
 
 # ----------------------------------------------------------------------------
@@ -625,6 +649,7 @@ def _describe(r: Restored) -> str:
     return (
         f"{r.workdir}: step {r.step}"
         + (f" (val loss {val:.3f} nats/token)" if val is not None else "")
+        + (" (NT-ASGD averaged weights)" if r.averaged else "")
         + f", {r.tokenizer.kind}-level vocabulary of {r.tokenizer.vocab_size:,}, "
         f"{c.num_layers}x{c.hidden_size} {c.cell}"
     )

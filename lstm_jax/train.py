@@ -453,6 +453,7 @@ class Run:
     sampler: Callable | None
     timer: PhaseTimer
     shardings: TrainState | None = None  # set by restore_or_init
+    nt: optim.NTTrigger | None = None  # NT-ASGD's val-loss history; set by restore_or_init
     steps: Steps | None = None  # set by compile_steps
 
 
@@ -559,6 +560,7 @@ def restore_or_init(run: Run) -> TrainState:
     if run.meta is not None:
         state = restore_checkpoint(run, state)
         run.batcher.restore(run.meta["data_state"])
+    run.nt = optim.NTTrigger.from_config(config.optim, run.meta)  # after a fallback's meta
     return state
 
 
@@ -694,17 +696,46 @@ class Profile:
             self.active = False
 
 
+def eval_params(run: Run, state: TrainState) -> Any:
+    """The weights evaluation, the best checkpoint and samples use: with
+    NT-ASGD, once averaging has started, the average of the iterates (Merity
+    et al. 2017), laid out as the params are; otherwise the iterate itself."""
+    if run.nt is None or not run.nt.averaging:
+        return state.params
+    return jax.device_put(optim.averaged_params(state.opt_state), run.shardings.params)
+
+
+def nt_asgd_trigger(
+    run: Run, state: TrainState, step: int, row: dict, progress: Progress
+) -> TrainState:
+    """NT-ASGD's trigger, on the host after an evaluation: if the val loss is
+    worse than the best of those more than n evaluations old, averaging starts
+    from the current iterate (the optimizer state's flag is set)."""
+    if run.nt is None or row.get("val_loss") is None:
+        return state
+    if not run.nt.observe(step, row["val_loss"]):
+        return state
+    row["nt_asgd_trigger_step"] = step
+    progress.write(
+        f"step {step}: val loss {row['val_loss']:.4f} is worse than the best of the "
+        f"evaluations more than {run.nt.interval} ago; NT-ASGD averages the weights from here on"
+    )
+    start = jax.jit(optim.start_averaging, out_shardings=run.shardings.opt_state, donate_argnums=0)
+    return state._replace(opt_state=start(state.opt_state))
+
+
 def on_eval(
     run: Run, state: TrainState, step: int, row: dict, writer: MetricWriter, progress: Progress
 ) -> None:
     """Validation loss (when evaluating) and a short sample, into `row`."""
     t, kind = run.config.train, run.config.data.tokenizer
+    params = eval_params(run, state)
     if t.evaluate:
         with run.timer.phase("evals"):
             val_loss = evaluate(
                 run.steps.eval,
                 run.model,
-                state.params,
+                params,
                 run.data.splits["valid"],
                 t.batch_size,
                 t.seq_len,
@@ -721,7 +752,7 @@ def on_eval(
         # process 0 alone, on its local replica: no collective to wait on
         phase = "samples" if "compile_sample" in run.timer.seconds else "compile_sample"
         with run.timer.phase(phase):  # the first call compiles the sampler
-            local_params = jax.tree.map(lambda x: x.addressable_data(0), state.params)
+            local_params = jax.tree.map(lambda x: x.addressable_data(0), params)
             key = jax.random.fold_in(jax.random.key(run.config.seed), step)
             text = run.sampler(local_params, key).samples[0].text
         progress.write(f"sample at step {step}: {text!r}")
@@ -737,6 +768,8 @@ def save(run: Run, state: TrainState, step: int, val_loss: float | None, best: f
         "val_loss": val_loss,
         "best_val_loss": best,
     }
+    if run.nt is not None:  # NT-ASGD's val-loss history and trigger step
+        meta["nt_asgd"] = run.nt.to_json()
     with run.timer.phase("checkpoints"):
         run.ckpt.save(step, state, meta, val_loss)
 
@@ -768,6 +801,7 @@ def train_loop(run: Run, state: TrainState, writer: MetricWriter, progress: Prog
             row["epoch"] = step / run.batcher.steps_per_epoch
             if events.eval:
                 on_eval(run, state, step, row, writer, progress)
+                state = nt_asgd_trigger(run, state, step, row, progress)
                 outcome["val_loss"] = row.get("val_loss")
                 best = _best(best, row.get("val_loss"))
             if events.eval or stopping:
@@ -787,6 +821,8 @@ def train_loop(run: Run, state: TrainState, writer: MetricWriter, progress: Prog
     profile.close()
     run.timer.add("loop", time.perf_counter() - loop_start)
     outcome.update(final_step=int(state.step), best_val_loss=best)
+    if run.nt is not None:
+        outcome["nt_asgd_trigger_step"] = run.nt.trigger_step
     return outcome
 
 

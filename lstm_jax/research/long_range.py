@@ -174,6 +174,11 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[Point], list[sweep
         if name not in cells.CELLS:
             raise ValueError(f"unknown cell {name!r}; valid cells: {sorted(cells.CELLS)}")
     optim.validate(config.optim)
+    if config.optim.name == "nt_asgd":  # its trigger needs lstm_jax.train's evaluations
+        raise ValueError(
+            "optim.name='nt_asgd' starts averaging from lstm_jax.train's validation losses; "
+            "the research tasks do not average: use 'sgd'"
+        )
     sweep.check_vectorize(config.sweep.vectorize)
     t = config.train
     if t.eval_every < 1 or t.num_steps < 1 or t.num_steps % t.eval_every:
