@@ -877,8 +877,10 @@ def format_result(result: SampleResult, *, greedy: bool, rank: bool = False) -> 
             f"nats/token over {result.prime_scored_tokens} token(s)"
         )
     order = list(enumerate(result.samples, 1))
-    if rank:
-        order.sort(key=lambda x: -x[1].mean_log_likelihood)
+    if rank:  # beams by their score (already their order), samples per token
+        order.sort(
+            key=lambda x: -(x[1].score if x[1].score is not None else x[1].mean_log_likelihood)
+        )
     for i, s in order:
         if s.score is not None:  # beam search: ranked by score already
             lines.append(
