@@ -4,6 +4,8 @@
     python -m lstm_jax.sample --workdir workdirs/dnd --prime "spell" --greedy --length 80
     python -m lstm_jax.sample --workdir workdirs/dnd --num_samples 5 --temperature 0.8 \\
         --top_k 40 --rank
+    python -m lstm_jax.sample --workdir workdirs/dnd --prime "spell" --stop_at_record_end \\
+        --beam 5 --num_samples 3
     python -m lstm_jax.sample --workdir workdirs/dnd --interactive
 
 The data flow, one function per arrow:
@@ -22,6 +24,11 @@ divided by the temperature, all but the `top_k` largest are masked, and
 token t, so a step-by-step Python loop with the same keys reproduces the
 compiled loop exactly. Log-likelihoods are always the model's own (temperature
 1, no top-k): they say how likely the model finds a text, not how it was drawn.
+
+Beam search (`beam_search`, `--beam N`) replaces the sample loop with one
+`lax.while_loop` over the steps whose batch is the N beams: each step scores
+the N*V one-token extensions, keeps the N best (`lax.top_k`, by sum of log p /
+length**alpha) and gathers the parents' carries. It is deterministic.
 
 Compilation: the prime's scan is compiled once per prime length, the sample
 loop once per (num_samples, length, stop token), and both are keyed on the
@@ -255,6 +262,208 @@ def generate(
 
 
 # ----------------------------------------------------------------------------
+# Beam search: the N most likely continuations, deterministic (no key).
+
+
+class Beams(NamedTuple):
+    """What `beam_search` returns (device arrays), best hypothesis first.
+
+    It has `Generation`'s fields (tokens, lengths, logprobs, prime_logprobs),
+    so `decode_generation` decodes it, plus the scores the beams are ranked by.
+    """
+
+    tokens: Array  # [N, L] int32 generated ids; PAD_ID at positions >= lengths
+    scores: Array  # [N] float32 sum(logprobs) / lengths**length_penalty, descending;
+    # -inf: no hypothesis (with stop_id, fewer distinct ones than beams can exist)
+    lengths: Array  # [N] int32 generated tokens per hypothesis, the stop token included
+    logprobs: Array  # [N, L] float32 log p(token | past); 0 past the end
+    prime_logprobs: Array  # [P-1] float32 log p(prime[i+1] | prime[:i+1])
+
+
+@functools.partial(jax.jit, static_argnames=("config", "length", "stop_id"))
+def _beam_loop(
+    config: LMConfig,
+    params: Params,
+    carry: Any,  # N rows, all warmed over the same prime
+    logits: Array,  # [N, V] logits of the first token to generate
+    length_penalty: Array,
+    *,
+    length: int,
+    stop_id: int | None,
+) -> tuple[Array, Array, Array, Array]:
+    model = LanguageModel(config)
+    beam, vocab = logits.shape
+    # The token a finished beam feeds the model: its output is never used (the
+    # beam has one candidate, itself), but the batched step needs a valid id.
+    feed = 0 if stop_id is None else stop_id
+
+    def cond(state):
+        t, *_, done = state
+        return (t < length) & ~jnp.all(done)
+
+    def body(state):
+        t, carry, logits, total, lengths, tokens, logprobs, done = state
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [N, V]
+        # A live beam extends by every token; a finished one has one candidate,
+        # itself (in slot 0), with its score and length unchanged.
+        itself = jnp.arange(vocab) == 0
+        cand_total = jnp.where(
+            done[:, None], jnp.where(itself, total[:, None], -jnp.inf), total[:, None] + logp
+        )  # [N, V]
+        cand_len = jnp.where(done, lengths, lengths + 1)  # [N], >= 1
+        # Length normalisation (score = sum log p / len**alpha) only reorders
+        # hypotheses of different lengths: live candidates all have t + 1 tokens.
+        cand_score = cand_total / cand_len[:, None].astype(jnp.float32) ** length_penalty
+        _, idx = jax.lax.top_k(cand_score.reshape(-1), beam)  # [N], sorted, ties: lower idx
+        parent, token = idx // vocab, (idx % vocab).astype(jnp.int32)
+        was_done = done[parent]
+        total = cand_total.reshape(-1)[idx]
+        lengths = cand_len[parent]
+        tokens = tokens[parent].at[:, t].set(jnp.where(was_done, PAD_ID, token))
+        logprobs = logprobs[parent].at[:, t].set(jnp.where(was_done, 0.0, logp[parent, token]))
+        done = was_done if stop_id is None else was_done | (token == stop_id)
+        carry = jax.tree.map(lambda x: x[parent], carry)  # each beam continues its parent
+        step_logits, carry = model.apply(params, jnp.where(was_done, feed, token)[:, None], carry)
+        return t + 1, carry, step_logits[:, 0], total, lengths, tokens, logprobs, done
+
+    # The N rows start as copies of one hypothesis, the prime: only row 0 is
+    # live (score 0), so the first step expands it into N distinct tokens
+    # instead of N copies of the same one.
+    total = jnp.where(jnp.arange(beam) == 0, 0.0, -jnp.inf).astype(jnp.float32)
+    state = (
+        jnp.zeros((), jnp.int32),
+        carry,
+        logits,
+        total,  # [N] sum of log p so far
+        jnp.zeros((beam,), jnp.int32),  # lengths
+        jnp.full((beam, length), PAD_ID, jnp.int32),
+        jnp.zeros((beam, length), jnp.float32),
+        jnp.zeros((beam,), bool),  # done: emitted the stop token
+    )
+    state = jax.lax.while_loop(cond, body, state)
+    _, _, _, total, lengths, tokens, logprobs, _ = state
+    scores = total / jnp.maximum(lengths, 1).astype(jnp.float32) ** length_penalty
+    # The last step's top_k left the beams sorted; a stable sort keeps that order
+    # and makes it explicit.
+    order = jnp.argsort(-scores, stable=True)
+    return tokens[order], scores[order], lengths[order], logprobs[order]
+
+
+def check_beam_options(
+    vocab_size: int | None,
+    beam: int,
+    length: int,
+    *,
+    length_penalty: float = 1.0,
+    num_samples: int = 1,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+) -> None:
+    """The errors a user gets for bad beam-search options, before any compute
+    (`vocab_size` None: the vocabulary is not known yet). Beam 0 or 1 means
+    no beam search (sampling as without --beam); then only a length penalty
+    other than the default is refused, as it would do nothing."""
+    if beam < 0:
+        raise ValueError(f"beam must be >= 0 (0 or 1 = no beam search), got {beam}")
+    _check_length_penalty(length_penalty)
+    if beam < 2:
+        if length_penalty != 1.0:
+            raise ValueError(
+                f"length_penalty {length_penalty:g} applies to beam search only; add --beam N "
+                "(N >= 2)"
+            )
+        return
+    if greedy:
+        raise ValueError(
+            f"beam {beam} does not combine with greedy: beam search already takes the most "
+            "likely text (greedy decoding is beam search with one beam); drop --greedy"
+        )
+    if temperature != 1.0 or top_k != 0:
+        raise ValueError(
+            f"beam {beam} scores hypotheses by the model's own log-probabilities; "
+            f"temperature and top_k are for sampling (got temperature {temperature:g}, "
+            f"top_k {top_k}); drop them or drop --beam"
+        )
+    if not 1 <= num_samples <= beam:
+        raise ValueError(
+            f"num_samples must be between 1 and beam ({beam}) with beam search: it prints "
+            f"the top num_samples beams; got {num_samples}"
+        )
+    if vocab_size is not None:
+        _check_beam_size(vocab_size, beam, length)
+
+
+def _check_length_penalty(length_penalty: float) -> None:
+    if not 0 <= length_penalty < math.inf:  # also refuses NaN
+        raise ValueError(
+            "length_penalty must be >= 0 and finite (score = sum log p / length**alpha: "
+            f"0 = the raw sum, 1 = the mean per token), got {length_penalty}"
+        )
+
+
+def _check_beam_size(vocab_size: int, beam: int, length: int) -> None:
+    """More beams than distinct continuations (V**length) would leave beams
+    with no hypothesis at all; the vocabulary is the bound for one token."""
+    distinct = vocab_size ** min(length, 64)  # exact wherever beam can exceed it
+    if beam > distinct:
+        raise ValueError(
+            f"beam {beam} is more than the {distinct} distinct continuations of length "
+            f"{length} over a vocabulary of {vocab_size}; use a beam <= {distinct}"
+        )
+
+
+def beam_search(
+    model: LanguageModel,
+    params: Params,
+    prime_ids: Array | np.ndarray,  # [P] int, P >= 1
+    beam: int,
+    length: int,
+    *,
+    length_penalty: float = 1.0,
+    stop_id: int | None = None,
+) -> Beams:
+    """The `beam` most likely continuations of the prime, up to `length` tokens.
+
+    One compiled `lax.while_loop` over the steps with the beam as the batch of
+    the model's step: each step scores the N*V one-token extensions of the N
+    beams, keeps the best N (`lax.top_k`) and gathers their parents' carries.
+    A hypothesis that emits `stop_id` is finished: it keeps its score, is
+    padded with PAD_ID and competes with the live ones until the end. Scores
+    are sum log p / length**length_penalty (0: the raw log-likelihood, which
+    favours short finished hypotheses; 1: the mean per token). Deterministic:
+    no key. With one beam it is greedy decoding; with beam >= V**(length-1)
+    it is exact (every prefix is kept). Returns device arrays, best first;
+    calls with the same model config, beam, length and stop_id reuse the
+    compiled code (length_penalty is traced).
+    """
+    vocab = model.config.vocab_size
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    _check_length_penalty(length_penalty)
+    _check_beam_size(vocab, beam, length)
+    ids = np.asarray(prime_ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise ValueError(f"prime ids out of range for a vocabulary of {vocab}")
+    if stop_id is not None and not 0 <= stop_id < vocab:
+        raise ValueError(f"stop_id {stop_id} out of range for a vocabulary of {vocab}")
+    config = sampling_model(model).config
+    carry, logits, prime_logprobs = warm_carry(model, params, ids, beam)
+    tokens, scores, lengths, logprobs = _beam_loop(
+        config,
+        params,
+        carry,
+        logits,
+        jnp.float32(length_penalty),
+        length=length,
+        stop_id=stop_id,
+    )
+    return Beams(tokens, scores, lengths, logprobs, prime_logprobs)
+
+
+# ----------------------------------------------------------------------------
 # Text in, text out.
 
 
@@ -317,6 +526,7 @@ class Sample:
     ids: np.ndarray  # [n] generated ids, the stop token included
     log_likelihood: float  # sum of log p over the generated tokens (nats)
     ended: bool  # stopped at the record separator
+    score: float | None = None  # beam search: log_likelihood / num_tokens**alpha; None: sampled
 
     @property
     def num_tokens(self) -> int:
@@ -367,6 +577,29 @@ def decode_generation(
     )
 
 
+def decode_beams(
+    tokenizer: Tokenizer,
+    prime: Prime,
+    beams: Beams,
+    *,
+    top: int | None = None,
+    stop_id: int | None = None,
+) -> SampleResult:
+    """The `top` best beams (all by default) as text, best first, each with its
+    score; beams that hold no hypothesis (score -inf) are left out."""
+    scores = np.asarray(jax.device_get(beams.scores))[:top]
+    n = int(np.isfinite(scores).sum())  # the scores are sorted: the finite ones come first
+    kept = beams._replace(
+        tokens=beams.tokens[:n], lengths=beams.lengths[:n], logprobs=beams.logprobs[:n]
+    )
+    result = decode_generation(tokenizer, prime, kept, stop_id=stop_id)
+    samples = [
+        dataclasses.replace(s, score=float(score))
+        for s, score in zip(result.samples, scores[:n], strict=True)
+    ]
+    return dataclasses.replace(result, samples=samples)
+
+
 def make_sampler(
     model: LanguageModel,
     tokenizer: Tokenizer,
@@ -380,9 +613,15 @@ def make_sampler(
     stop_at_record_end: bool = False,
     allow_unk: bool = False,
     record_start: bool = True,
+    beam: int = 0,
+    length_penalty: float = 1.0,
 ) -> Callable[[Params, Array], SampleResult]:
     """Checks the options and encodes the prime now (a bad prime fails before
     any training or compute); returns `sampler(params, key) -> SampleResult`.
+
+    With `beam` >= 2 the sampler runs `beam_search` instead of drawing: its
+    result holds the top `num_samples` beams, best first, each with its score
+    (`length_penalty` as in `beam_search`), and the key is not used.
 
     Repeated calls reuse the compiled code (e.g. once per evaluation in the
     training loop): only params and key change.
@@ -393,6 +632,16 @@ def make_sampler(
             f"{model.config.vocab_size}"
         )
     check_options(tokenizer.vocab_size, temperature, top_k, length)
+    check_beam_options(
+        tokenizer.vocab_size,
+        beam,
+        length,
+        length_penalty=length_penalty,
+        num_samples=num_samples,
+        greedy=greedy,
+        temperature=temperature,
+        top_k=top_k,
+    )
     stop_id = None
     if stop_at_record_end:
         stop_id = tokenizer.record_separator_id
@@ -405,6 +654,17 @@ def make_sampler(
     model = sampling_model(model)
 
     def sampler(params: Params, key: Array) -> SampleResult:
+        if beam >= 2:
+            beams = beam_search(
+                model,
+                params,
+                encoded.ids,
+                beam,
+                length,
+                length_penalty=length_penalty,
+                stop_id=stop_id,
+            )
+            return decode_beams(tokenizer, encoded, beams, top=num_samples, stop_id=stop_id)
         gen = generate(
             model,
             params,
@@ -607,7 +867,17 @@ def define_flags() -> None:
     )
     flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens only (0 = all).")
     flags.DEFINE_bool("greedy", False, "Take the most likely token at every step (argmax).")
-    flags.DEFINE_integer("num_samples", 1, "Samples drawn in parallel (one batch).")
+    flags.DEFINE_integer(
+        "beam", 0, "Beam search with N >= 2 beams (deterministic); 0 or 1 = sample instead."
+    )
+    flags.DEFINE_float(
+        "length_penalty",
+        1.0,
+        "Beam search: score = sum log p / length**ALPHA (0 = raw sum, 1 = mean per token).",
+    )
+    flags.DEFINE_integer(
+        "num_samples", 1, "Samples drawn in parallel (one batch); with --beam, the top K beams."
+    )
     flags.DEFINE_integer("seed", 0, "PRNG seed: the same seed gives the same samples.")
     flags.DEFINE_bool("stop_at_record_end", False, "End a sample at the record separator.")
     flags.DEFINE_bool("allow_unk", False, "Word-level: map unknown prime words to <unk>.")
@@ -631,9 +901,19 @@ def format_result(result: SampleResult, *, greedy: bool, rank: bool = False) -> 
             f"nats/token over {result.prime_scored_tokens} token(s)"
         )
     order = list(enumerate(result.samples, 1))
-    if rank:
-        order.sort(key=lambda x: -x[1].mean_log_likelihood)
+    if rank:  # beams by their score (already their order), samples per token
+        order.sort(
+            key=lambda x: -(x[1].score if x[1].score is not None else x[1].mean_log_likelihood)
+        )
     for i, s in order:
+        if s.score is not None:  # beam search: ranked by score already
+            lines.append(
+                f"--- beam {i}: {s.num_tokens} tokens{', record end' if s.ended else ''}, "
+                f"score {s.score:.3f}, log-likelihood {s.mean_log_likelihood:.3f} nats/token "
+                f"(total {s.log_likelihood:.1f})"
+            )
+            lines.append(_show(s.text))
+            continue
         lines.append(
             f"--- sample {i}{' (greedy)' if greedy else ''}: {s.num_tokens} tokens"
             f"{', record end' if s.ended else ''}, log-likelihood "
@@ -702,12 +982,24 @@ def main(argv: list[str]) -> None:
         stop_at_record_end=FLAGS.stop_at_record_end,
         allow_unk=FLAGS.allow_unk,
         record_start=FLAGS.record_start,
+        beam=FLAGS.beam,
+        length_penalty=FLAGS.length_penalty,
     )
     which = FLAGS.checkpoint
     host.enable_compile_cache()  # the sampler compiles once per model and options
     if FLAGS.num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {FLAGS.num_samples}")
     check_options(None, FLAGS.temperature, FLAGS.top_k, FLAGS.length)
+    check_beam_options(
+        None,
+        FLAGS.beam,
+        FLAGS.length,
+        length_penalty=FLAGS.length_penalty,
+        num_samples=FLAGS.num_samples,
+        greedy=FLAGS.greedy,
+        temperature=FLAGS.temperature,
+        top_k=FLAGS.top_k,
+    )
     if which not in ("latest", "best") and not which.isdigit():
         raise ValueError(f"--checkpoint must be 'latest', 'best' or a step, got {which!r}")
     restored = restore(FLAGS.workdir, which)
@@ -718,12 +1010,20 @@ def main(argv: list[str]) -> None:
             "predates them); its params are loaded unverified",
             file=sys.stderr,
         )
-    how = (
-        "greedy"
-        if FLAGS.greedy
-        else f"temperature {FLAGS.temperature:g}, top_k {FLAGS.top_k or 'off'}, seed {FLAGS.seed}"
-    )
-    print(f"sampling: {how}; {FLAGS.num_samples} x up to {FLAGS.length} tokens")
+    if FLAGS.beam >= 2:
+        print(
+            f"sampling: beam search, {FLAGS.beam} beams, length penalty {FLAGS.length_penalty:g} "
+            f"(deterministic: the seed is not used); the best {FLAGS.num_samples} x up to "
+            f"{FLAGS.length} tokens"
+        )
+    else:
+        how = (
+            "greedy"
+            if FLAGS.greedy
+            else f"temperature {FLAGS.temperature:g}, top_k {FLAGS.top_k or 'off'}, "
+            f"seed {FLAGS.seed}"
+        )
+        print(f"sampling: {how}; {FLAGS.num_samples} x up to {FLAGS.length} tokens")
     if FLAGS.interactive:
         interactive_loop(restored, options, FLAGS.seed, greedy=FLAGS.greedy, rank=FLAGS.rank)
         return

@@ -264,6 +264,43 @@ def test_sampler_decodes_text_and_does_not_recompile(restored):
     assert all(s.ended == (s.ids[-1] == rs) for s in first.samples)
 
 
+def test_beam_sampler_returns_the_top_beams_ranked_and_ignores_the_key(restored):
+    """make_sampler(beam=N): the top num_samples beams of `beam_search` as text,
+    best first, each score its mean log-likelihood (length penalty 1), the
+    same for every key; format_result prints them as beams."""
+    sampler = sample.make_sampler(
+        restored.model,
+        restored.tokenizer,
+        prime="spell",
+        length=LENGTH,
+        num_samples=3,
+        beam=4,
+        stop_at_record_end=True,
+    )
+    first = sampler(restored.params, jax.random.key(0))
+    again = sampler(restored.params, jax.random.key(1))  # deterministic: the key is unused
+    assert [(s.text, s.score) for s in again.samples] == [(s.text, s.score) for s in first.samples]
+    assert len(first.samples) == 3
+    scores = [s.score for s in first.samples]
+    assert scores == sorted(scores, reverse=True)
+    prime_ids = sample.encode_prime(restored.tokenizer, "spell").ids
+    beams = sample.beam_search(
+        restored.model,
+        restored.params,
+        prime_ids,
+        4,
+        LENGTH,
+        stop_id=restored.tokenizer.record_separator_id,
+    )
+    tokens, lengths = np.asarray(beams.tokens)[:3], np.asarray(beams.lengths)[:3]
+    for s, ids, n in zip(first.samples, tokens, lengths, strict=True):
+        np.testing.assert_array_equal(s.ids, ids[:n])
+        assert s.text.startswith("spell") and RECORD_SEPARATOR not in s.text
+        assert s.score == pytest.approx(s.mean_log_likelihood, rel=1e-5)
+    text = sample.format_result(first, greedy=False)
+    assert text.count("--- beam") == 3 and "--- beam 1:" in text and "score " in text
+
+
 def test_record_start_context(restored):
     tok = restored.tokenizer
     with_start = sample.encode_prime(tok, "spell")
@@ -306,6 +343,26 @@ def test_cli(workdir):
     bad = subprocess.run([*cmd, "--temperature", "0"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0 and "temperature must be > 0" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_cli_beam(workdir):
+    cmd = [sys.executable, "-m", "lstm_jax.sample", "--workdir", str(workdir)]
+    ok = subprocess.run(
+        [*cmd, "--prime", "spell", "--length", "6", "--beam", "3", "--num_samples", "2"]
+        + ["--stop_at_record_end", "--length_penalty", "0.5"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "beam search, 3 beams, length penalty 0.5 (deterministic" in ok.stdout
+    assert ok.stdout.count("--- beam") == 2 and "--- beam 1:" in ok.stdout
+    bad = subprocess.run(
+        [*cmd, "--beam", "3", "--greedy"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("lstm_jax.sample: error: beam 3 does not combine with greedy")
 
 
 # ----------------------------------------------------------------------------
