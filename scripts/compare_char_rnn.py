@@ -8,9 +8,11 @@ PyTorch nn.LSTM, on the same token ids, over several seeds, on one machine.
 Both sides train on the same B=50 streams and are scored on the same
 validation batches (ours, written to an .npz the torch script reads).
 `--set optim.eps_in_sqrt=True` (repeatable) changes our config, e.g. to show
-an earlier recipe. `--no_torch` runs ours only. Writes OUT/results.jsonl (one
-line per run, with its curves), OUT/curves.png (train loss and validation
-loss, the mean over seeds with the min-max band) and prints a markdown table.
+an earlier recipe. `--no_torch` runs ours only; `--torch_only` runs torch only;
+`--torch_init ours` starts torch from our initial weights of the same seed.
+Writes OUT/results.jsonl (one line per run, with its curves), OUT/curves.png
+(train loss and validation loss, the mean over seeds with the min-max band)
+and prints a markdown table.
 """
 
 import argparse
@@ -79,9 +81,30 @@ def write_ids(config, path: pathlib.Path) -> None:
     )
 
 
-def run_torch(torch_python: str, npz: pathlib.Path, config, seed: int) -> dict:
+def write_our_init(config, seed: int, path: pathlib.Path) -> None:
+    """Our initial weights for `seed` (train.init_state's), in torch's names."""
+    import jax
+
+    from lstm_jax import interop
+
+    data = train.load_data(config)
+    model = train.build_model(config, data.tokenizer.vocab_size)
+    params = jax.device_get(model.init(jax.random.fold_in(jax.random.key(seed), 0)))
+    weights = {}
+    for k, layer in enumerate(params["layers"]):
+        for name, value in interop.to_torch_layer("lstm", layer).items():
+            weights[f"lstm.{name}_l{k}"] = value
+    weights["out.weight"] = params["readout"]["w"].T
+    weights["out.bias"] = params["readout"]["b"]
+    np.savez(path, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()})
+
+
+def run_torch(torch_python: str, npz: pathlib.Path, config, seed: int, init=None) -> dict:
     t = config.train
     args = [str(a) for a in (npz, t.num_steps, seed, t.eval_every, t.log_every)]
+    if init is not None:
+        write_our_init(config, seed, init)
+        args.append(str(init))
     out = subprocess.run(
         [torch_python, str(ROOT / "scripts" / "torch_char_rnn.py"), *args],
         capture_output=True,
@@ -124,6 +147,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="directory for results and figure")
     ap.add_argument("--set", action="append", default=[], help="our config: key=value")
     ap.add_argument("--no_torch", action="store_true")
+    ap.add_argument("--torch_only", action="store_true")
+    ap.add_argument("--torch_init", choices=("char_rnn", "ours"), default="char_rnn")
     args = ap.parse_args()
     torch_python = None if args.no_torch else os.environ.get("LSTM_JAX_TORCH_PYTHON")
     out = pathlib.Path(args.out)
@@ -144,9 +169,10 @@ def main() -> None:
     results = []
     with open(out / "results.jsonl", "a") as log:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            runs = [run_ours(config, seed, out / f"ours_seed{seed}")]
+            runs = [] if args.torch_only else [run_ours(config, seed, out / f"ours_seed{seed}")]
             if torch_python:
-                runs.append(run_torch(torch_python, npz, config, seed))
+                init = out / f"init_seed{seed}.npz" if args.torch_init == "ours" else None
+                runs.append(run_torch(torch_python, npz, config, seed, init))
             for r in runs:
                 r["overrides"] = args.set
                 log.write(json.dumps(r) + "\n")

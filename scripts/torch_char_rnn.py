@@ -11,7 +11,11 @@ root), per-element clip 5, uniform(+-0.08) init, forget-gate bias 1.
 Prints one JSON line: the train loss every `log_every` steps, the validation
 loss (nats/char) every `eval_every` steps, training tokens/s.
 
-usage: python torch_char_rnn.py DATA.npz STEPS SEED EVAL_EVERY LOG_EVERY
+usage: python torch_char_rnn.py DATA.npz STEPS SEED EVAL_EVERY LOG_EVERY [INIT.npz]
+
+INIT.npz (optional): start from these weights (torch names) instead of
+char-rnn's init, e.g. ours converted by lstm_jax.interop, to separate the
+initial distribution from the training.
 """
 
 import json
@@ -67,11 +71,14 @@ def evaluate(net, d) -> float:
     return total / count
 
 
-def main(path: str, steps: int, seed: int, eval_every: int, log_every: int) -> None:
+def main(path: str, steps: int, seed: int, eval_every: int, log_every: int, init=None) -> None:
     torch.manual_seed(seed)
     d = np.load(path, allow_pickle=False)
     vocab = int(d["vocab_size"])
     net = CharRNN(vocab)
+    if init:
+        weights = np.load(init, allow_pickle=False)
+        net.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files})
     opt = torch.optim.RMSprop(net.parameters(), lr=2e-3, alpha=0.95, eps=1e-8)
     x, y, per_epoch = streams(d["train"], B)
     state, times, train_curve, val_curve = None, [], [], []
@@ -99,7 +106,7 @@ def main(path: str, steps: int, seed: int, eval_every: int, log_every: int) -> N
     print(
         json.dumps(
             {
-                "impl": "pytorch nn.LSTM",
+                "impl": "pytorch nn.LSTM" + (" (our init)" if init else ""),
                 "steps": steps,
                 "seed": seed,
                 "val_loss": val_curve[-1][1],
@@ -112,4 +119,4 @@ def main(path: str, steps: int, seed: int, eval_every: int, log_every: int) -> N
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], *(int(a) for a in sys.argv[2:6]))
+    main(sys.argv[1], *(int(a) for a in sys.argv[2:6]), *sys.argv[6:7])
