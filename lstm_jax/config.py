@@ -44,6 +44,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.embed_dim = 0  # token embedding size; 0 = one-hot inputs (char-rnn)
     c.model.tie_embeddings = False  # readout = embedding^T (needs embed_dim == hidden)
     c.model.dropout = 0.0  # non-recurrent dropout (Zaremba et al. 2014)
+    # AWD-LSTM's regularizers (Merity, Keskar & Socher 2017; docs/regularization.md),
+    # 0 = off. The three locked dropouts are variational dropout (Gal & Ghahramani
+    # 2016): one mask per row, the same at every step. They stack with
+    # `dropout` above: with both set, both masks apply (AWD uses only the locked ones).
+    c.model.dropout_input = 0.0  # locked dropout on the embedded inputs (AWD dropouti)
+    c.model.dropout_hidden = 0.0  # locked dropout between layers (AWD dropouth)
+    c.model.dropout_output = 0.0  # locked dropout on the last layer's outputs (AWD dropout)
+    # Embedding dropout (Gal & Ghahramani 2016; AWD dropoute): drop whole words, i.e.
+    # rows of the embedding table, one mask per batch; needs embed_dim > 0
+    c.model.dropout_embedding = 0.0
+    # DropConnect (Wan et al. 2013) on each recurrent kernel w_h, one mask per batch
+    # (AWD's WeightDrop, wdrop)
+    c.model.weight_drop = 0.0
     c.model.forget_bias = 1.0  # LSTM b_f at init (char-rnn/Keras 1; Flax 0)
     c.model.kernel_init = "uniform"  # input kernels (lstm_jax.initializers)
     c.model.recurrent_init = "uniform"  # recurrent kernels

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -106,16 +106,17 @@ class _RecurrentModel:
         c = self.config
         return recurrent.zero_stack_carry(self.cell, c.num_layers, batch_size, c.hidden_size)
 
-    def _stack(self, params, xs, carry, reset, rng, mesh=None):
+    def _stack(self, params, xs, carry, reset, rng, mesh=None, layers=None, locked_rate=0.0):
         c = self.config
         return recurrent.run_stack(
             self.cell,
-            params["layers"],
+            params["layers"] if layers is None else layers,
             xs,
             carry,
             reset,
             dropout_rate=c.dropout,
             rng=rng,
+            locked_dropout_rate=locked_rate,
             unroll=c.unroll,
             impl=c.impl,
             mesh=mesh,
@@ -127,12 +128,65 @@ class _RecurrentModel:
         return sum(self.cell.param_count(in_dim if i == 0 else h, h) for i in range(c.num_layers))
 
 
+# The LM's regularizers beyond `dropout`, all off at 0 (lstm_jax/config.py says
+# which paper each comes from; docs/regularization.md).
+REGULARIZER_FIELDS = (
+    "dropout_input",
+    "dropout_hidden",
+    "dropout_output",
+    "dropout_embedding",
+    "weight_drop",
+)
+
+
 def _check_rng(config: RecurrentCoreConfig, train: bool, rng: Array | None) -> Array | None:
     if not train:
         return None
-    if config.dropout > 0 and rng is None:
-        raise ValueError("train=True with dropout > 0 needs an rng")
+    for name in ("dropout", *REGULARIZER_FIELDS):
+        if getattr(config, name, 0.0) > 0 and rng is None:
+            raise ValueError(f"train=True with {name} > 0 needs an rng")
     return rng
+
+
+_REG_KEYS = ("embedding", "input", "output", "weight")
+
+
+def _reg_key(rng: Array | None, name: str) -> Array | None:
+    """The key of one regularizer, folded out of the step key apart from the
+    keys `dropout` uses, so turning one on leaves the others' masks as they were."""
+    if rng is None:
+        return None
+    return jax.random.fold_in(jax.random.fold_in(rng, 1), _REG_KEYS.index(name))
+
+
+def embedding_dropout(table: Array, rate: float, rng: Array | None) -> Array:
+    """Embedding dropout (Gal & Ghahramani 2016, sec. 4; AWD-LSTM's dropoute):
+    drop whole rows (words) of the [V, E] table, one mask per batch, kept rows
+    scaled by 1 / (1 - rate): every occurrence of a dropped word embeds to zero."""
+    keep = recurrent.dropout_keep(rate, rng, (table.shape[0], 1))
+    return recurrent.apply_keep(table, keep, rate)
+
+
+def drop_recurrent_weights(layers: list[Any], rate: float, rng: Array | None) -> list[Any]:
+    """DropConnect (Wan et al. 2013) on each layer's recurrent kernel `w_h`, as
+    AWD-LSTM's WeightDrop: one mask per layer and batch, the same for every row
+    and step, kept weights scaled by 1 / (1 - rate). The dropped kernel is
+    computed outside the layer and passed in, so any layer implementation (the
+    fused one's custom VJP included) runs unchanged and autodiff carries the
+    mask into the gradient."""
+    if rate == 0.0 or rng is None:
+        return layers
+    return [
+        {**p, "w_h": recurrent.dropout(p["w_h"], rate, jax.random.fold_in(rng, i))}
+        for i, p in enumerate(layers)
+    ]
+
+
+class LastHidden(NamedTuple):
+    """The last recurrent layer's outputs, for activation regularization."""
+
+    raw: Array  # [B, T, H] as the layer returned them (TAR reads these)
+    dropped: Array  # [B, T, H] after the output dropouts, as the readout sees them (AR)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -149,6 +203,13 @@ class LMConfig(RecurrentCoreConfig):
     impl: str = "fused"  # as config.py: the fast path, exact against "scan"
     embed_dim: int = 0  # E; 0 = one-hot inputs as in char-rnn (E = V, no table)
     tie_embeddings: bool = False  # readout = embedding^T (Press & Wolf 2017); needs E == H
+    # AWD-LSTM's regularizers (Merity, Keskar & Socher 2017), all off at 0; see
+    # lstm_jax/config.py for each one's paper.
+    dropout_input: float = 0.0  # locked dropout on the embedded inputs (dropouti)
+    dropout_hidden: float = 0.0  # locked dropout between layers (dropouth)
+    dropout_output: float = 0.0  # locked dropout on the last layer's outputs (dropout)
+    dropout_embedding: float = 0.0  # drop whole vocabulary rows of the embedding (dropoute)
+    weight_drop: float = 0.0  # DropConnect on each recurrent kernel w_h (wdrop)
 
     def __post_init__(self):
         super().__post_init__()
@@ -160,6 +221,15 @@ class LMConfig(RecurrentCoreConfig):
             raise ValueError(
                 "tie_embeddings needs embed_dim == hidden_size, got "
                 f"embed_dim={self.embed_dim}, hidden_size={self.hidden_size}"
+            )
+        for name in REGULARIZER_FIELDS:
+            rate = getattr(self, name)
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {rate}")
+        if self.dropout_embedding > 0 and self.embed_dim == 0:
+            raise ValueError(
+                "model.dropout_embedding drops rows of the embedding table; it needs "
+                "embed_dim > 0, got embed_dim=0 (one-hot inputs)"
             )
 
 
@@ -206,14 +276,31 @@ class LanguageModel(_RecurrentModel):
         rng: Array | None = None,
         mesh: Mesh | None = None,  # split the recurrence's rows over its "data" axis
     ) -> tuple[Array, tuple[Any, ...]]:
-        """Returns (logits [B, T, V], final carry)."""
+        """Returns (logits [B, T, V], final carry).
+
+        With `train=True` and an `rng`, the regularizers of the config act:
+        `dropout` (a fresh mask per element and step) and AWD-LSTM's locked
+        dropouts, embedding dropout and weight drop; eval is deterministic."""
         c = self.config
         rng = _check_rng(c, train, rng)
         keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
         with self.matmul_precision():
-            xs = recurrent.dropout(self.embed(params, tokens), c.dropout, keys[0])
-            carry, hs = self._stack(params, xs, carry, reset, keys[1], mesh)
+            embed_params = params
+            if c.dropout_embedding > 0 and rng is not None:
+                table = embedding_dropout(
+                    params["embed"], c.dropout_embedding, _reg_key(rng, "embedding")
+                )
+                embed_params = {**params, "embed": table}
+            xs = recurrent.dropout(self.embed(embed_params, tokens), c.dropout, keys[0])
+            xs = recurrent.locked_dropout(xs, c.dropout_input, _reg_key(rng, "input"))
+            layers = drop_recurrent_weights(
+                params["layers"], c.weight_drop, _reg_key(rng, "weight")
+            )
+            carry, hs = self._stack(
+                params, xs, carry, reset, keys[1], mesh, layers, c.dropout_hidden
+            )
             hs = recurrent.dropout(hs, c.dropout, keys[2])
+            hs = recurrent.locked_dropout(hs, c.dropout_output, _reg_key(rng, "output"))
             return self.readout(params, hs), carry
 
     def param_count(self) -> int:

@@ -96,6 +96,26 @@ def _layer_rng(rng: Array | None, i: int) -> Array | None:
     return None if rng is None else jax.random.fold_in(rng, i)
 
 
+def _locked_rng(rng: Array | None, i: int) -> Array | None:
+    """The locked-dropout key of layer i's input (apart from `_layer_rng`'s)."""
+    return None if rng is None else jax.random.fold_in(jax.random.fold_in(rng, i), 1)
+
+
+def locked_dropout_keep(
+    rate: float, rng: Array | None, shape: tuple[int, ...], time_axis: int
+) -> Array | None:
+    """The keep mask of variational ("locked") dropout (Gal & Ghahramani 2016):
+    one mask per row, the same at every time step, so the mask has size 1 on
+    `time_axis` and broadcasts over it. None: off (rate 0 or eval)."""
+    shape = tuple(1 if a == time_axis else n for a, n in enumerate(shape))
+    return dropout_keep(rate, rng, shape)
+
+
+def locked_dropout(x: Array, rate: float, rng: Array | None, time_axis: int = 1) -> Array:
+    """Variational dropout of `x` ([B, T, ...] by default); identity when off."""
+    return apply_keep(x, locked_dropout_keep(rate, rng, x.shape, time_axis), rate)
+
+
 def _stack_time_major(
     layer_fn: Callable[..., tuple[Carry, Array]],
     cell: Cell,
@@ -106,11 +126,15 @@ def _stack_time_major(
     keeps: Sequence[Array | None],  # one dropout keep mask per layer input after the first
     rate: float,
     unroll: int,
+    locked_keeps: Sequence[Array | None] = (),  # the same for locked dropout ([1, B, H])
+    locked_rate: float = 0.0,
 ) -> tuple[tuple[Carry, ...], Array]:
     new_carries = []
     for i, (params, carry) in enumerate(zip(layers, carries, strict=True)):
         if i > 0:
             xs = apply_keep(xs, keeps[i - 1], rate)
+            if locked_keeps:
+                xs = apply_keep(xs, locked_keeps[i - 1], locked_rate)
         carry, xs = layer_fn(cell, params, xs, carry, reset, unroll=unroll)
         new_carries.append(carry)
     return tuple(new_carries), xs
@@ -170,6 +194,7 @@ def run_stack(
     *,
     dropout_rate: float = 0.0,
     rng: Array | None = None,
+    locked_dropout_rate: float = 0.0,
     time_major: bool = False,
     unroll: int = 1,
     impl: str = "scan",
@@ -179,6 +204,9 @@ def run_stack(
     """L stacked layers. Dropout (rate `dropout_rate`, active only when an
     `rng` is given) sits on the non-recurrent connections *between* layers,
     never on the carry, as in Zaremba, Sutskever & Vinyals 2014.
+    `locked_dropout_rate` adds variational dropout on the same connections
+    (Gal & Ghahramani 2016; AWD-LSTM's dropouth): one mask per row for all
+    time steps; with both rates set, both masks apply.
 
     With a `mesh` of more than one device, the stack runs on each device's own
     rows (`_stack_rows_per_device`); the batch must split evenly over
@@ -194,10 +222,28 @@ def run_stack(
         dropout_keep(dropout_rate, _layer_rng(rng, i), (*xs.shape[:2], hidden))
         for i in range(1, len(layers))
     ]
+    n = len(keeps)
+    if locked_dropout_rate > 0.0:  # [1, B, H]: broadcast over time
+        keeps += [
+            locked_dropout_keep(
+                locked_dropout_rate, _locked_rng(rng, i), (*xs.shape[:2], hidden), time_axis=0
+            )
+            for i in range(1, len(layers))
+        ]
 
     def stack_fn(layers, xs, carries, reset, keeps):
         return _stack_time_major(
-            layer_fn, cell, layers, xs, carries, reset, keeps, dropout_rate, unroll
+            layer_fn,
+            cell,
+            layers,
+            xs,
+            carries,
+            reset,
+            keeps[:n],
+            dropout_rate,
+            unroll,
+            keeps[n:],
+            locked_dropout_rate,
         )
 
     args = (list(layers), xs, tuple(carries), reset, keeps)

@@ -1,0 +1,218 @@
+"""AWD-LSTM's regularizers (Merity, Keskar & Socher 2017) on the language
+model, each against an independent reference: locked (variational) dropout,
+embedding dropout, weight-dropped recurrent kernels, activation regularization
+and the tied readout through a projection. docs/regularization.md."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax import recurrent
+from lstm_jax.model import LanguageModel, LMConfig, _reg_key, embedding_dropout
+
+V, E, H, B, T = 11, 4, 6, 3, 7
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def numpy_lstm(layer, xs, masks_between=None):
+    """A plain loop of the LSTM equations (gate order i, f, g, o) over xs [B, T, D]."""
+    w_x, w_h, b = (np.asarray(layer[k], np.float64) for k in ("w_x", "w_h", "b"))
+    h = np.zeros((xs.shape[0], w_h.shape[0]))
+    c = np.zeros_like(h)
+    out = []
+    for t in range(xs.shape[1]):
+        z = xs[:, t] @ w_x + h @ w_h + b
+        i, f, g, o = np.split(z, 4, axis=-1)
+        c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+        h = _sigmoid(o) * np.tanh(c)
+        out.append(h)
+    return np.stack(out, axis=1)
+
+
+def tokens_for(key=1):
+    return jax.random.randint(jax.random.key(key), (B, T), 0, V)
+
+
+# ---------------------------------------------------------------------------
+# 1. Locked (variational) dropout and embedding dropout
+
+
+def test_locked_mask_is_constant_over_time_and_scaled():
+    p = 0.4
+    x = jnp.ones((8, 5, 16))
+    y = np.asarray(recurrent.locked_dropout(x, p, jax.random.key(3)))
+    np.testing.assert_array_equal(y, np.broadcast_to(y[:, :1], y.shape))  # same at every step
+    np.testing.assert_allclose(np.unique(y), [0.0, 1 / (1 - p)], rtol=1e-6)
+    assert len({row.tobytes() for row in y[:, 0]}) == 8  # a different mask per row
+    assert 0.3 < np.mean(y == 0) < 0.5
+    np.testing.assert_array_equal(recurrent.locked_dropout(x, p, None), x)  # eval: identity
+
+
+def test_model_with_locked_dropout_equals_hand_written_forward():
+    p_in, p_hid, p_out = 0.3, 0.5, 0.4
+    cfg = LMConfig(
+        vocab_size=V,
+        embed_dim=E,
+        hidden_size=H,
+        num_layers=2,
+        init_scale=0.5,  # logits of order 1, so the tolerance measures something
+        impl="scan",
+        matmul_precision="highest",
+        dropout_input=p_in,
+        dropout_hidden=p_hid,
+        dropout_output=p_out,
+    )
+    model = LanguageModel(cfg)
+    params = model.init(jax.random.key(0))
+    tokens, rng = tokens_for(), jax.random.key(7)
+    logits, _ = model.apply(params, tokens, model.init_carry(B), train=True, rng=rng)
+
+    # The masks, drawn from the keys the model documents: [B, 1, D] each.
+    def mask(rate, key, dim):
+        keep = np.asarray(recurrent.locked_dropout_keep(rate, key, (B, T, dim), 1))
+        assert keep.shape == (B, 1, dim)
+        return keep / (1 - rate)
+
+    stack_key = jax.random.split(rng, 3)[1]
+    m_in = mask(p_in, _reg_key(rng, "input"), E)
+    m_hid = mask(p_hid, jax.random.fold_in(jax.random.fold_in(stack_key, 1), 1), H)
+    m_out = mask(p_out, _reg_key(rng, "output"), H)
+
+    xs = np.asarray(params["embed"], np.float64)[np.asarray(tokens)] * m_in
+    h1 = numpy_lstm(params["layers"][0], xs)
+    h2 = numpy_lstm(params["layers"][1], h1 * m_hid)
+    w, b = (np.asarray(params["readout"][k], np.float64) for k in ("w", "b"))
+    want = (h2 * m_out) @ w + b
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+
+    # Eval: no masks, deterministic, the same as a model without the regularizers.
+    plain = LanguageModel(
+        LMConfig(vocab_size=V, embed_dim=E, hidden_size=H, num_layers=2, impl="scan")
+    )
+    got, _ = model.apply(params, tokens, model.init_carry(B))
+    ref, _ = plain.apply(params, tokens, plain.init_carry(B))
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_locked_and_ordinary_dropout_both_apply():
+    """With `dropout` and `dropout_output` both set, the outputs carry both masks:
+    the Zaremba masks are the ones drawn without the locked dropout."""
+    base = LMConfig(vocab_size=V, embed_dim=E, hidden_size=H, num_layers=1, dropout=0.3)
+    both = dataclasses.replace(base, dropout_output=0.5)
+    params = LanguageModel(base).init(jax.random.key(0))
+    tokens, rng = tokens_for(), jax.random.key(5)
+
+    def last_hidden(cfg):  # readout with w = I, b = 0 shows the hidden state
+        p = {**params, "readout": {"w": jnp.eye(H, V), "b": jnp.zeros(V)}}
+        m = LanguageModel(cfg)
+        return np.asarray(m.apply(p, tokens, m.init_carry(B), train=True, rng=rng)[0][..., :H])
+
+    a, b = last_hidden(base), last_hidden(both)
+    keep = np.asarray(recurrent.locked_dropout_keep(0.5, _reg_key(rng, "output"), (B, T, H), 1))
+    np.testing.assert_allclose(b, a * keep / 0.5, rtol=1e-6, atol=1e-7)
+    assert np.any(a == 0) and np.mean(b == 0) > np.mean(a == 0)
+
+
+def test_embedding_dropout_zeroes_every_occurrence_of_a_dropped_word():
+    table = jax.random.normal(jax.random.key(0), (V, E))
+    p = 0.5
+    dropped = np.asarray(embedding_dropout(table, p, jax.random.key(2)))
+    gone = np.all(dropped == 0, axis=1)
+    assert 0 < gone.sum() < V  # some words dropped, some kept
+    np.testing.assert_allclose(dropped[~gone], np.asarray(table)[~gone] / (1 - p), rtol=1e-6)
+
+    cfg = LMConfig(vocab_size=V, embed_dim=E, hidden_size=H, dropout_embedding=p)
+    model = LanguageModel(cfg)
+    params = model.init(jax.random.key(0))
+    rng = jax.random.key(9)
+    tokens = jnp.tile(jnp.arange(V), (B, 2))  # every word, several times
+    used = np.asarray(embedding_dropout(params["embed"], p, _reg_key(rng, "embedding")))
+    gone = np.all(used == 0, axis=1)
+    assert 0 < gone.sum() < V
+    xs = np.asarray(model.embed({**params, "embed": used}, tokens))
+    np.testing.assert_array_equal(np.all(xs == 0, axis=-1), gone[np.asarray(tokens)])
+    # The model's forward is the plain forward on that table.
+    got, _ = model.apply(params, tokens, model.init_carry(B), train=True, rng=rng)
+    want, _ = model.apply({**params, "embed": jnp.asarray(used)}, tokens, model.init_carry(B))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(dropout_input=1.0), r"model.dropout_input must be in \[0, 1\)"),
+        (dict(dropout_hidden=-0.1), r"model.dropout_hidden must be in \[0, 1\)"),
+        (dict(dropout_output=1.5), r"model.dropout_output must be in \[0, 1\)"),
+        (dict(dropout_embedding=1.0, embed_dim=4), r"model.dropout_embedding must be in"),
+        (dict(dropout_embedding=0.1), r"model.dropout_embedding .* needs embed_dim > 0"),
+        (dict(weight_drop=1.0), r"model.weight_drop must be in \[0, 1\)"),
+    ],
+)
+def test_bad_model_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LMConfig(vocab_size=10, hidden_size=8, **kwargs)
+
+
+def test_train_without_rng_is_refused():
+    model = LanguageModel(LMConfig(vocab_size=V, hidden_size=H, dropout_hidden=0.2))
+    params = model.init(jax.random.key(0))
+    with pytest.raises(ValueError, match="dropout_hidden > 0 needs an rng"):
+        model.apply(params, tokens_for(), model.init_carry(B), train=True)
+
+
+# ---------------------------------------------------------------------------
+# 2. Weight-dropped recurrent kernels (DropConnect)
+
+
+def test_weight_drop_fused_equals_scan_with_the_same_mask():
+    """The fused layer (custom VJP) with weight drop == the scan layer run in
+    eval mode on kernels masked by hand: values and gradients."""
+    p = 0.5
+    cfg = LMConfig(
+        vocab_size=V, embed_dim=E, hidden_size=H, num_layers=2, init_scale=0.5, weight_drop=p
+    )
+    params = LanguageModel(cfg).init(jax.random.key(0))
+    tokens, rng = tokens_for(), jax.random.key(4)
+    reset = jnp.zeros((B, T), bool).at[1, 3].set(True)
+    keeps = [
+        recurrent.dropout_keep(
+            p, jax.random.fold_in(_reg_key(rng, "weight"), i), layer["w_h"].shape
+        )
+        for i, layer in enumerate(params["layers"])
+    ]
+
+    def loss(model, params, train):
+        logits, carry = model.apply(
+            params, tokens, model.init_carry(B), reset=reset, train=train, rng=rng
+        )
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0]) + jnp.sum(carry[0].h)
+
+    fused = LanguageModel(cfg)
+    got = jax.jit(jax.value_and_grad(lambda q: loss(fused, q, True)))(params)
+
+    scan = LanguageModel(dataclasses.replace(cfg, impl="scan", weight_drop=0.0))
+
+    def by_hand(params):  # the masked kernels, written into the parameters
+        layers = [
+            {**layer, "w_h": jnp.where(k, layer["w_h"] / (1 - p), 0.0)}
+            for layer, k in zip(params["layers"], keeps, strict=True)
+        ]
+        return loss(scan, {**params, "layers": layers}, False)
+
+    want = jax.jit(jax.value_and_grad(by_hand))(params)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for layer_grad, keep in zip(got[1]["layers"], keeps, strict=True):
+        assert 0 < np.mean(keep) < 1
+        assert np.all(np.asarray(layer_grad["w_h"])[~np.asarray(keep)] == 0)  # dropped: no grad
+    # The same model in eval mode uses the full kernels.
+    full = loss(scan, params, False)
+    assert not np.isclose(full, want[0])
+    np.testing.assert_allclose(loss(fused, params, False), full, rtol=1e-5)
