@@ -85,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
     # XLA:CPU's matmul library for the train/eval steps: "default" (XLA's choice)
     # or "onednn" (faster at some sizes; docs/performance.md, lstm_jax/host.py).
     c.train.cpu_dots = "default"
+    # Activation regularization of the last layer (AWD-LSTM sec. 4.6; Merity et al.
+    # 2017): loss += alpha * mean(dropped h_t ** 2) + beta * mean((h_t - h_{t-1}) ** 2),
+    # on the optimised loss only (train_loss logs the cross-entropy); 0 = off
+    c.train.activation_reg = 0.0  # AR's alpha (AWD: 2)
+    c.train.temporal_activation_reg = 0.0  # TAR's beta, on the undropped outputs (AWD: 1)
     c.train.profile_start_step = 0  # > 0: jax.profiler trace from this step into WORKDIR/tb
     c.train.profile_num_steps = 5  # steps in that trace (TensorBoard's profile plugin)
 
@@ -187,6 +192,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"parallel.cpu_devices must be >= 0 (0 = JAX's default), got {cpu_devices}"
         )
+    for name in ("activation_reg", "temporal_activation_reg"):
+        if not full.train[name] >= 0:
+            raise ValueError(f"train.{name} must be >= 0 (0 = off), got {full.train[name]}")
     for name in ("profile_start_step", "profile_num_steps"):
         if full.train[name] < 0:
             raise ValueError(f"train.{name} must be >= 0, got {full.train[name]}")

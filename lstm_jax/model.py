@@ -275,8 +275,11 @@ class LanguageModel(_RecurrentModel):
         train: bool = False,
         rng: Array | None = None,
         mesh: Mesh | None = None,  # split the recurrence's rows over its "data" axis
-    ) -> tuple[Array, tuple[Any, ...]]:
-        """Returns (logits [B, T, V], final carry).
+        return_hidden: bool = False,
+    ) -> tuple[Array, tuple[Any, ...]] | tuple[Array, tuple[Any, ...], LastHidden]:
+        """Returns (logits [B, T, V], final carry), and with `return_hidden` the
+        last layer's outputs before and after the output dropouts (`LastHidden`,
+        for AWD-LSTM's activation regularization).
 
         With `train=True` and an `rng`, the regularizers of the config act:
         `dropout` (a fresh mask per element and step) and AWD-LSTM's locked
@@ -296,12 +299,15 @@ class LanguageModel(_RecurrentModel):
             layers = drop_recurrent_weights(
                 params["layers"], c.weight_drop, _reg_key(rng, "weight")
             )
-            carry, hs = self._stack(
+            carry, raw = self._stack(
                 params, xs, carry, reset, keys[1], mesh, layers, c.dropout_hidden
             )
-            hs = recurrent.dropout(hs, c.dropout, keys[2])
+            hs = recurrent.dropout(raw, c.dropout, keys[2])
             hs = recurrent.locked_dropout(hs, c.dropout_output, _reg_key(rng, "output"))
-            return self.readout(params, hs), carry
+            logits = self.readout(params, hs)
+        if return_hidden:
+            return logits, carry, LastHidden(raw=raw, dropped=hs)
+        return logits, carry
 
     def param_count(self) -> int:
         """Closed form: embedding V*E + per-layer cell counts + readout H*V + V."""

@@ -71,7 +71,7 @@ from lstm_jax.metrics import (
     per_token_report,
     unigram_loss,
 )
-from lstm_jax.model import LanguageModel, LMConfig, count_params
+from lstm_jax.model import LanguageModel, LastHidden, LMConfig, count_params
 
 
 class TrainState(NamedTuple):
@@ -182,6 +182,35 @@ def masked_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[
     return jnp.sum(nll * mask), jnp.sum(mask)
 
 
+def activation_penalty(
+    hidden: LastHidden,
+    mask: jax.Array,  # [B, T] 1 = a real step
+    reset: jax.Array | None,  # [B, T] True = the stream restarts before step t
+    alpha: float,
+    beta: float,
+) -> jax.Array:
+    """AWD-LSTM's activation regularization (Merity, Keskar & Socher 2017,
+    sec. 4.6; Merity et al. 2017, "Revisiting Activation Regularization"):
+
+        AR  = alpha * mean(dropped_h_t ** 2)          the outputs the readout sees
+        TAR = beta * mean((h_t - h_{t-1}) ** 2)       the undropped outputs
+
+    means over units and the real steps (`mask`); TAR pairs only two real steps
+    of one stream (not across a `reset`, where a new document starts)."""
+    units = hidden.raw.shape[-1]
+    penalty = jnp.zeros((), jnp.float32)
+    if alpha:
+        sq = jnp.sum(jnp.square(hidden.dropped), axis=-1)  # [B, T]
+        penalty += alpha * jnp.sum(sq * mask) / (jnp.maximum(jnp.sum(mask), 1.0) * units)
+    if beta:
+        pair = mask[:, 1:] * mask[:, :-1]  # [B, T-1]
+        if reset is not None:
+            pair = pair * (1.0 - reset[:, 1:].astype(pair.dtype))
+        diff = jnp.sum(jnp.square(hidden.raw[:, 1:] - hidden.raw[:, :-1]), axis=-1)
+        penalty += beta * jnp.sum(diff * pair) / (jnp.maximum(jnp.sum(pair), 1.0) * units)
+    return penalty
+
+
 # ----------------------------------------------------------------------------
 # The two jitted functions.
 
@@ -193,22 +222,43 @@ def make_train_step(
     mesh: Mesh | None = None,
     shardings: TrainState | None = None,
     compiler_options: dict[str, Any] | None = None,
+    *,
+    activation_reg: float = 0.0,
+    temporal_activation_reg: float = 0.0,
 ) -> Callable[[TrainState, batching.Batch], tuple[TrainState, dict]]:
     """The jitted step. With a `mesh` (and the state's `shardings`), the batch
     is split by rows over the devices and XLA all-reduces the gradients; the
     loss is a mean over the global batch, so the result is the one-device step's.
-    `compiler_options`: XLA options for this step (host.cpu_compiler_options)."""
+    `compiler_options`: XLA options for this step (host.cpu_compiler_options).
+    `activation_reg`, `temporal_activation_reg`: AWD-LSTM's AR and TAR
+    (`activation_penalty`), added to the optimised loss only; the logged
+    `train_loss` stays the cross-entropy."""
+    regularize = bool(activation_reg or temporal_activation_reg)
 
     def loss_fn(params, carry, batch, rng):
-        logits, carry = model.apply(
-            params, batch.inputs, carry, reset=batch.reset, train=True, rng=rng, mesh=mesh
+        out = model.apply(
+            params,
+            batch.inputs,
+            carry,
+            reset=batch.reset,
+            train=True,
+            rng=rng,
+            mesh=mesh,
+            return_hidden=regularize,
         )
+        logits, carry = out[:2]
         total, count = masked_nll(logits, batch.targets, batch.mask)
-        return total / jnp.maximum(count, 1.0), carry
+        loss = total / jnp.maximum(count, 1.0)
+        if not regularize:
+            return loss, (carry, loss)
+        penalty = activation_penalty(
+            out[2], batch.mask, batch.reset, activation_reg, temporal_activation_reg
+        )
+        return loss + penalty, (carry, loss)
 
     def train_step(state: TrainState, batch: batching.Batch):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step + 1)
-        (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (_, (carry, loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.carry, batch, rng
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss)
@@ -599,7 +649,14 @@ def compile_steps(run: Run, state: TrainState) -> Steps:
     learning_rate = lambda step, s: optim.current_learning_rate(config.optim, run.schedule, step, s)
     mesh = run.mesh
     train_step = make_train_step(
-        run.model, run.optimizer, learning_rate, mesh, run.shardings, options
+        run.model,
+        run.optimizer,
+        learning_rate,
+        mesh,
+        run.shardings,
+        options,
+        activation_reg=t.activation_reg,
+        temporal_activation_reg=t.temporal_activation_reg,
     )
     position = run.batcher.state()  # a batch of the right shapes, then rewind
     batch = parallel.to_global(run.batcher.next_batch(), mesh, t.batch_size)

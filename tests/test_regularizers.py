@@ -8,9 +8,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from lstm_jax import recurrent
+from lstm_jax import config as config_lib
+from lstm_jax import optim, recurrent, train
+from lstm_jax.data import batching
 from lstm_jax.model import LanguageModel, LMConfig, _reg_key, embedding_dropout
 
 V, E, H, B, T = 11, 4, 6, 3, 7
@@ -216,3 +219,167 @@ def test_weight_drop_fused_equals_scan_with_the_same_mask():
     full = loss(scan, params, False)
     assert not np.isclose(full, want[0])
     np.testing.assert_allclose(loss(fused, params, False), full, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# 3. Activation regularization (AR) and temporal activation regularization (TAR)
+
+
+def numpy_penalty(raw, dropped, mask, reset, alpha, beta):
+    """AR and TAR written out with loops over rows and steps."""
+    raw, dropped, mask, reset = (np.asarray(a, np.float64) for a in (raw, dropped, mask, reset))
+    ar_sum = ar_n = tar_sum = tar_n = 0.0
+    for b in range(raw.shape[0]):
+        for t in range(raw.shape[1]):
+            if mask[b, t]:
+                ar_sum += np.sum(dropped[b, t] ** 2)
+                ar_n += raw.shape[2]
+            if t > 0 and mask[b, t] and mask[b, t - 1] and not reset[b, t]:
+                tar_sum += np.sum((raw[b, t] - raw[b, t - 1]) ** 2)
+                tar_n += raw.shape[2]
+    return alpha * ar_sum / ar_n + beta * tar_sum / tar_n
+
+
+def masked_batch():
+    tokens = tokens_for()
+    mask = np.ones((B, T), np.float32)
+    mask[2, 5:] = 0.0  # padded tail
+    reset = np.zeros((B, T), bool)
+    reset[0, 4] = True  # a new document in row 0
+    return batching.Batch(
+        inputs=tokens, targets=(tokens + 1) % V, mask=jnp.asarray(mask), reset=jnp.asarray(reset)
+    )
+
+
+def test_ar_tar_equal_numpy_on_the_models_hidden_states():
+    cfg = LMConfig(
+        vocab_size=V, embed_dim=E, hidden_size=H, init_scale=0.5, dropout=0.2, dropout_output=0.3
+    )
+    model = LanguageModel(cfg)
+    params = model.init(jax.random.key(0))
+    batch = masked_batch()
+    logits, _, hidden = model.apply(
+        params,
+        batch.inputs,
+        model.init_carry(B),
+        reset=batch.reset,
+        train=True,
+        rng=jax.random.key(3),
+        return_hidden=True,
+    )
+    # `dropped` is what the readout saw; `raw` is the layer's output (a dropped unit is 0
+    # in `dropped` only).
+    w, b = params["readout"]["w"], params["readout"]["b"]
+    np.testing.assert_allclose(logits, hidden.dropped @ w + b, rtol=1e-5, atol=1e-6)
+    assert np.any(hidden.dropped == 0) and not np.any(hidden.raw == 0)
+    got = train.activation_penalty(hidden, batch.mask, batch.reset, 2.0, 1.0)
+    want = numpy_penalty(hidden.raw, hidden.dropped, batch.mask, batch.reset, 2.0, 1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    only_ar = numpy_penalty(hidden.raw, hidden.dropped, batch.mask, batch.reset, 2.0, 0.0)
+    np.testing.assert_allclose(
+        train.activation_penalty(hidden, batch.mask, batch.reset, 2.0, 0.0), only_ar, rtol=1e-5
+    )
+    assert 0 < only_ar < want
+
+
+def _one_step(config, batch, **penalty):
+    model = train.build_model(config, V)
+    optimizer = optim.make_optimizer(config.optim, 10)
+    state = train.init_state(config, model, optimizer, B)
+    step = train.make_train_step(model, optimizer, lambda s, o: 0.0, **penalty)
+    return model, state, step(jax.tree.map(jnp.copy, state), batch)  # the step donates its state
+
+
+def _config(**model):
+    c = config_lib.base_config()
+    c.model.hidden_size, c.model.embed_dim, c.model.num_layers = H, E, 2
+    c.model.dropout = 0.2
+    c.model.init_scale = 0.5  # activations large enough for AR/TAR to matter
+    # SGD: the update is the gradient (Adam's first step is about lr * sign(g))
+    c.optim.name, c.optim.learning_rate, c.optim.clip_mode = "sgd", 0.5, "none"
+    for k, v in model.items():
+        c.model[k] = v
+    return c
+
+
+def test_train_step_optimises_ce_plus_penalty_and_logs_the_ce():
+    """One train step against a hand-written one: grad of CE + the numpy-checked
+    penalty, the same optimizer; `train_loss` is the cross-entropy alone."""
+    config, batch = _config(dropout_output=0.3), masked_batch()
+    model, state, (new_state, metrics) = _one_step(
+        config, batch, activation_reg=2.0, temporal_activation_reg=1.0
+    )
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1)
+    optimizer = optim.make_optimizer(config.optim, 10)
+
+    def ce_and_penalty(params):
+        logits, _, hidden = model.apply(
+            params,
+            batch.inputs,
+            state.carry,
+            reset=batch.reset,
+            train=True,
+            rng=rng,
+            return_hidden=True,
+        )
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch.targets[..., None], -1)
+        ce = jnp.sum(nll[..., 0] * batch.mask) / jnp.sum(batch.mask)
+        return ce, train.activation_penalty(hidden, batch.mask, batch.reset, 2.0, 1.0)
+
+    (ce, penalty) = ce_and_penalty(state.params)
+    grads = jax.grad(lambda p: sum(ce_and_penalty(p)))(state.params)
+    updates, _ = optimizer.update(grads, optimizer.init(state.params), state.params)
+    want = optax.apply_updates(state.params, updates)
+    np.testing.assert_allclose(metrics["train_loss"], ce, rtol=1e-6)
+    assert penalty > 1e-3
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # Without AR/TAR: the same cross-entropy, other parameters.
+    _, _, (plain_state, plain_metrics) = _one_step(config, batch)
+    np.testing.assert_allclose(plain_metrics["train_loss"], metrics["train_loss"], rtol=1e-6)
+    for a, b in zip(plain_state.params["layers"], new_state.params["layers"], strict=True):
+        assert not np.allclose(a["w_h"], b["w_h"], rtol=1e-4, atol=1e-6)
+
+
+def test_defaults_leave_the_train_step_as_it_was():
+    """Every new field at its default: the step is the plain one (the cross-entropy
+    of the Zaremba-dropout forward, whose masks are drawn from split(rng, 3) as
+    before), to the bit."""
+    config, batch = _config(), masked_batch()
+    model, state, (new_state, metrics) = _one_step(
+        config, batch, activation_reg=0.0, temporal_activation_reg=0.0
+    )
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1)
+    k_in, k_stack, k_out = jax.random.split(rng, 3)
+    optimizer = optim.make_optimizer(config.optim, 10)
+
+    def ce(params):  # the forward written out of its parts, with the old keys
+        xs = recurrent.dropout(model.embed(params, batch.inputs), 0.2, k_in)
+        _, hs = recurrent.run_stack(
+            model.cell,
+            params["layers"],
+            xs,
+            state.carry,
+            batch.reset,
+            dropout_rate=0.2,
+            rng=k_stack,
+            impl="fused",
+        )
+        logits = model.readout(params, recurrent.dropout(hs, 0.2, k_out))
+        total, count = train.masked_nll(logits, batch.targets, batch.mask)
+        return total / count
+
+    loss, grads = jax.jit(jax.value_and_grad(ce))(state.params)
+    updates, _ = optimizer.update(grads, optimizer.init(state.params), state.params)
+    want = optax.apply_updates(state.params, updates)
+    np.testing.assert_allclose(metrics["train_loss"], loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("field", ["activation_reg", "temporal_activation_reg"])
+def test_bad_penalty_values(field):
+    c = config_lib.base_config()
+    c.train[field] = -1.0
+    with pytest.raises(ValueError, match=rf"train.{field} must be >= 0"):
+        config_lib.validate(c)
