@@ -42,7 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.hidden_size = 128  # units per layer
     c.model.num_layers = 2  # stacked recurrent layers
     c.model.embed_dim = 0  # token embedding size; 0 = one-hot inputs (char-rnn)
-    c.model.tie_embeddings = False  # readout = embedding^T (needs embed_dim == hidden)
+    # readout = embedding^T (Press & Wolf 2017; Inan et al. 2017); when embed_dim !=
+    # hidden_size, through a learned [hidden, embed] projection; needs embed_dim > 0
+    c.model.tie_embeddings = False
     c.model.dropout = 0.0  # non-recurrent dropout (Zaremba et al. 2014)
     # AWD-LSTM's regularizers (Merity, Keskar & Socher 2017; docs/regularization.md),
     # 0 = off. The three locked dropouts are variational dropout (Gal & Ghahramani

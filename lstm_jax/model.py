@@ -202,7 +202,9 @@ class LMConfig(RecurrentCoreConfig):
     init_scale: float | None = 0.08
     impl: str = "fused"  # as config.py: the fast path, exact against "scan"
     embed_dim: int = 0  # E; 0 = one-hot inputs as in char-rnn (E = V, no table)
-    tie_embeddings: bool = False  # readout = embedding^T (Press & Wolf 2017); needs E == H
+    # readout = embedding^T (Press & Wolf 2017; Inan et al. 2017); with E != H through
+    # a learned [H, E] projection, params["readout"]["proj"]
+    tie_embeddings: bool = False
     # AWD-LSTM's regularizers (Merity, Keskar & Socher 2017), all off at 0; see
     # lstm_jax/config.py for each one's paper.
     dropout_input: float = 0.0  # locked dropout on the embedded inputs (dropouti)
@@ -217,10 +219,9 @@ class LMConfig(RecurrentCoreConfig):
             raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
         if self.embed_dim < 0:
             raise ValueError(f"embed_dim must be >= 0 (0 = one-hot), got {self.embed_dim}")
-        if self.tie_embeddings and self.embed_dim != self.hidden_size:
+        if self.tie_embeddings and self.embed_dim == 0:
             raise ValueError(
-                "tie_embeddings needs embed_dim == hidden_size, got "
-                f"embed_dim={self.embed_dim}, hidden_size={self.hidden_size}"
+                "tie_embeddings needs an embedding table (embed_dim > 0), got embed_dim=0"
             )
         for name in REGULARIZER_FIELDS:
             rate = getattr(self, name)
@@ -231,6 +232,11 @@ class LMConfig(RecurrentCoreConfig):
                 "model.dropout_embedding drops rows of the embedding table; it needs "
                 "embed_dim > 0, got embed_dim=0 (one-hot inputs)"
             )
+
+    @property
+    def tie_projection(self) -> bool:
+        """A tied readout through a learned [H, E] projection, when E != H."""
+        return self.tie_embeddings and self.embed_dim != self.hidden_size
 
 
 class LanguageModel(_RecurrentModel):
@@ -251,6 +257,8 @@ class LanguageModel(_RecurrentModel):
         readout = {"b": jnp.zeros((c.vocab_size,), jnp.float32)}
         if not c.tie_embeddings:
             readout["w"] = uniform(k_out, (c.hidden_size, c.vocab_size), jnp.float32)
+        elif c.tie_projection:
+            readout["proj"] = uniform(k_out, (c.hidden_size, c.embed_dim), jnp.float32)
         params["readout"] = readout
         return params
 
@@ -261,9 +269,13 @@ class LanguageModel(_RecurrentModel):
         return jax.nn.one_hot(tokens, self.config.vocab_size, dtype=jnp.float32)
 
     def readout(self, params: dict[str, Any], hs: Array) -> Array:
-        """hidden [..., H] -> logits [..., V]."""
-        w = params["embed"].T if self.config.tie_embeddings else params["readout"]["w"]
-        return hs @ w + params["readout"]["b"]
+        """hidden [..., H] -> logits [..., V]; tied: h @ E^T, or h @ P @ E^T
+        with the projection P [H, E] when E != H (Press & Wolf 2017)."""
+        if not self.config.tie_embeddings:
+            return hs @ params["readout"]["w"] + params["readout"]["b"]
+        if self.config.tie_projection:
+            hs = hs @ params["readout"]["proj"]  # [..., E]
+        return hs @ params["embed"].T + params["readout"]["b"]
 
     def apply(
         self,
@@ -310,10 +322,13 @@ class LanguageModel(_RecurrentModel):
         return logits, carry
 
     def param_count(self) -> int:
-        """Closed form: embedding V*E + per-layer cell counts + readout H*V + V."""
+        """Closed form: embedding V*E + per-layer cell counts + readout H*V + V
+        (tied: V, plus the projection H*E when E != H)."""
         c = self.config
         embed = c.vocab_size * c.embed_dim
         readout = c.vocab_size + (0 if c.tie_embeddings else c.hidden_size * c.vocab_size)
+        if c.tie_projection:
+            readout += c.hidden_size * c.embed_dim
         return embed + self._stack_param_count(c.embed_dim or c.vocab_size) + readout
 
 

@@ -22,11 +22,12 @@ def closed_form(cell, v, e, h, layers, tied=False):
     per_layer = [
         g * h * ((d0 if i == 0 else h) + h + 1) + (h if cell == "gru" else 0) for i in range(layers)
     ]
-    return v * e + sum(per_layer) + (0 if tied else h * v) + v
+    projection = h * e if tied and e != h else 0  # tied with E != H: a [H, E] projection
+    return v * e + sum(per_layer) + (0 if tied else h * v) + v + projection
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
-@pytest.mark.parametrize("embed,tied", [(0, False), (6, False), (8, True)])
+@pytest.mark.parametrize("embed,tied", [(0, False), (6, False), (8, True), (6, True)])
 def test_param_count_matches_closed_form(name, embed, tied):
     cfg = LMConfig(
         vocab_size=13, embed_dim=embed, hidden_size=8, num_layers=3, cell=name, tie_embeddings=tied
@@ -110,7 +111,7 @@ def test_jitted_forward_traces_once():
         (dict(hidden_size=0), "hidden_size must be >= 1"),
         (dict(cell="lstn"), "unknown cell 'lstn'"),
         (dict(dropout=1.0), "dropout must be in"),
-        (dict(embed_dim=4, tie_embeddings=True), "tie_embeddings needs embed_dim == hidden_size"),
+        (dict(tie_embeddings=True), r"tie_embeddings needs an embedding table \(embed_dim > 0\)"),
         (dict(impl="cudnn9"), "unknown layer implementation"),
         (dict(matmul_precision="fp32"), r"matmul_precision must be one of \('default'"),
     ],

@@ -14,7 +14,7 @@ import pytest
 from lstm_jax import config as config_lib
 from lstm_jax import optim, recurrent, train
 from lstm_jax.data import batching
-from lstm_jax.model import LanguageModel, LMConfig, _reg_key, embedding_dropout
+from lstm_jax.model import LanguageModel, LMConfig, _reg_key, count_params, embedding_dropout
 
 V, E, H, B, T = 11, 4, 6, 3, 7
 
@@ -383,3 +383,52 @@ def test_bad_penalty_values(field):
     c.train[field] = -1.0
     with pytest.raises(ValueError, match=rf"train.{field} must be >= 0"):
         config_lib.validate(c)
+
+
+# ---------------------------------------------------------------------------
+# 4. Tied embeddings through a projection when embed_dim != hidden_size
+
+
+def test_tied_projection_logits_by_hand_and_param_count():
+    cfg = LMConfig(vocab_size=V, embed_dim=E, hidden_size=H, init_scale=0.5, tie_embeddings=True)
+    model = LanguageModel(cfg)
+    params = model.init(jax.random.key(0))
+    assert set(params["readout"]) == {"b", "proj"}
+    assert params["readout"]["proj"].shape == (H, E)
+    hs = np.asarray(jax.random.normal(jax.random.key(1), (B, T, H)), np.float64)
+    p, emb, b = (
+        np.asarray(a, np.float64)
+        for a in (params["readout"]["proj"], params["embed"], params["readout"]["b"])
+    )
+    np.testing.assert_allclose(
+        model.readout(params, jnp.asarray(hs, jnp.float32)),
+        hs @ p @ emb.T + b,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # The whole model: logits from the last layer's outputs, by hand.
+    logits, _, hidden = model.apply(params, tokens_for(), model.init_carry(B), return_hidden=True)
+    raw = np.asarray(hidden.raw, np.float64)
+    np.testing.assert_allclose(logits, raw @ p @ emb.T + b, rtol=1e-5, atol=1e-5)
+    # Closed form: V*E + layers + V + H*E, as the pytree counts it.
+    layers = sum(4 * H * (d + H + 1) for d in (E, H))
+    assert count_params(params) == model.param_count() == V * E + layers + V + H * E
+    # E == H: no projection, as before.
+    square = LanguageModel(dataclasses.replace(cfg, embed_dim=H))
+    sq_params = square.init(jax.random.key(0))
+    assert set(sq_params["readout"]) == {"b"}
+    assert count_params(sq_params) == square.param_count()
+
+
+def test_tied_projection_trains_and_gets_gradients():
+    cfg = LMConfig(vocab_size=V, embed_dim=E, hidden_size=H, tie_embeddings=True)
+    model = LanguageModel(cfg)
+    params = model.init(jax.random.key(0))
+    tokens = tokens_for()
+
+    def loss(params):
+        logits, _ = model.apply(params, tokens, model.init_carry(B))
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    grads = jax.grad(loss)(params)
+    assert np.any(np.asarray(grads["readout"]["proj"]) != 0)
