@@ -388,7 +388,9 @@ def compat_view(config: dict) -> dict:
 
 
 def check_compatible(saved: dict, current: dict, workdir: pathlib.Path) -> None:
-    old, new = compat_view(saved), compat_view(current)
+    # A field added since the checkpoint was written reads as its default (which
+    # leaves the old behaviour unchanged), so an older run still resumes.
+    old, new = compat_view(config_lib.complete(saved).to_dict()), compat_view(current)
     diffs = [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
         for k in sorted(old | new)

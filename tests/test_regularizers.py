@@ -4,6 +4,8 @@ embedding dropout, weight-dropped recurrent kernels, activation regularization
 and the tied readout through a projection. docs/regularization.md."""
 
 import dataclasses
+import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -432,3 +434,68 @@ def test_tied_projection_trains_and_gets_gradients():
 
     grads = jax.grad(loss)(params)
     assert np.any(np.asarray(grads["readout"]["proj"]) != 0)
+
+
+# ---------------------------------------------------------------------------
+# End to end
+
+
+def _smoke(**overrides):
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "dnd.py"
+    namespace: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    c = namespace["get_config"]("smoke")
+    for key, value in overrides.items():
+        section, field = key.split("__")
+        c[section][field] = value
+    return c
+
+
+AWD = dict(
+    model__dropout_input=0.65,
+    model__dropout_hidden=0.3,
+    model__dropout_output=0.4,
+    model__dropout_embedding=0.1,
+    model__weight_drop=0.5,
+    model__tie_embeddings=True,  # embed 16, hidden 32: through the projection
+    train__activation_reg=2.0,
+    train__temporal_activation_reg=1.0,
+)
+
+
+@pytest.mark.slow  # about 17 s on two shared cores
+def test_smoke_run_with_every_regularizer(tmp_path):
+    c = _smoke(**AWD)
+    summary = train.train_and_evaluate(c, str(tmp_path / "wd"))
+    assert summary["final_step"] == c.train.num_steps
+    assert np.isfinite(summary["val_loss"])
+    rows = [json.loads(x) for x in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(np.isfinite(r["train_loss"]) for r in rows)
+
+
+def test_checkpoint_without_the_new_fields_still_resumes():
+    """A config saved before these fields existed compares equal to today's
+    defaults (the fields read as 0 / off)."""
+    current = _smoke().to_dict()
+    saved = json.loads(json.dumps(current))
+    for field in ("dropout_input", "dropout_hidden", "dropout_output", "weight_drop"):
+        del saved["model"][field]
+    del saved["model"]["dropout_embedding"]
+    train.check_compatible(saved, current, pathlib.Path("wd"))
+    changed = _smoke(model__weight_drop=0.5).to_dict()
+    with pytest.raises(train.CheckpointError, match=r"model.weight_drop: 0.0 -> 0.5"):
+        train.check_compatible(saved, changed, pathlib.Path("wd"))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(model__weight_drop=1.0), r"model.weight_drop must be in \[0, 1\)"),
+        (dict(model__dropout_embedding=0.1, model__embed_dim=0), "needs embed_dim > 0"),
+        (dict(train__activation_reg=-2.0), r"train.activation_reg must be >= 0"),
+    ],
+)
+def test_bad_values_stop_a_run_before_anything_is_written(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(_smoke(**overrides), str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
