@@ -149,14 +149,19 @@ def _check_rng(config: RecurrentCoreConfig, train: bool, rng: Array | None) -> A
 
 
 _REG_KEYS = ("embedding", "input", "output", "weight")
+# The regularizers' keys branch off the step key at this index. `dropout` uses
+# split(rng, 3), and fold_in(rng, i) equals split(rng, n)[i] with JAX's
+# partitionable threefry, so an index below 3 would reuse dropout's masks.
+_REG_STREAM = 0x415744  # "AWD"
 
 
 def _reg_key(rng: Array | None, name: str) -> Array | None:
     """The key of one regularizer, folded out of the step key apart from the
-    keys `dropout` uses, so turning one on leaves the others' masks as they were."""
+    keys `dropout` uses, so turning one on leaves the others' masks as they were
+    and no two masks are correlated."""
     if rng is None:
         return None
-    return jax.random.fold_in(jax.random.fold_in(rng, 1), _REG_KEYS.index(name))
+    return jax.random.fold_in(jax.random.fold_in(rng, _REG_STREAM), _REG_KEYS.index(name))
 
 
 def embedding_dropout(table: Array, rate: float, rng: Array | None) -> Array:

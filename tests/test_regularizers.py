@@ -499,3 +499,19 @@ def test_bad_values_stop_a_run_before_anything_is_written(overrides, message, tm
     with pytest.raises(ValueError, match=message):
         train.train_and_evaluate(_smoke(**overrides), str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
+
+
+def test_regularizer_keys_are_apart_from_dropouts_keys():
+    """No regularizer mask may reuse a key of `model.dropout` (embedding, stack,
+    output, and the stack's per-layer keys), or the masks would be correlated."""
+    from lstm_jax import model as model_lib
+    from lstm_jax import recurrent
+
+    rng = jax.random.key(7)
+    dropout_keys = list(jax.random.split(rng, 3))
+    dropout_keys += [recurrent._layer_rng(dropout_keys[1], i) for i in range(4)]
+    dropout_keys += [recurrent._locked_rng(dropout_keys[1], i) for i in range(4)]
+    reg_keys = [model_lib._reg_key(rng, name) for name in model_lib._REG_KEYS]
+    reg_keys += [jax.random.fold_in(model_lib._reg_key(rng, "weight"), i) for i in range(4)]
+    data = [tuple(np.asarray(jax.random.key_data(k)).tolist()) for k in dropout_keys + reg_keys]
+    assert len(set(data)) == len(data)
