@@ -24,21 +24,21 @@ def test_variants_budget_seeds_and_cumulative():
     config = common.load_config("configs/ablations/regularizers.py:smoke")
     runs = ablation.variants(config)
     assert [r["name"] for r in runs] == [
-        "baseline@seed0", "baseline@seed1",
-        "dropout 0.5@seed0", "dropout 0.5@seed1",
-        "adam@seed0", "adam@seed1",
+        "baseline@seed0", "dropout 0.5@seed0", "adam@seed0",
+        "baseline@seed1", "dropout 0.5@seed1", "adam@seed1",
     ]  # fmt: skip
     assert {r["config"].train.num_steps for r in runs} == {3}
-    assert runs[4]["config"].model.dropout == runs[0]["config"].model.dropout  # alone
-    assert runs[4]["config"].optim.name == "adam"
+    assert runs[2]["config"].model.dropout == runs[0]["config"].model.dropout  # alone
+    assert runs[2]["config"].optim.name == "adam"
+    assert runs[5]["config"].seed == 1
     config.unlock()
     config.cumulative = True
     config.variants = ("window 5: train.seq_len=5", "adam: optim.name='adam'")
     stacked = ablation.variants(config)
     # the shorter window gets twice the steps: equal tokens (8 x 10 x 3 = 8 x 5 x 6)
-    assert stacked[2]["config"].train.num_steps == 6
-    assert stacked[4]["config"].train.seq_len == 5  # kept from the variant above
-    assert stacked[4]["config"].optim.name == "adam"
+    assert stacked[1]["config"].train.num_steps == 6
+    assert stacked[2]["config"].train.seq_len == 5  # kept from the variant above
+    assert stacked[2]["config"].optim.name == "adam"
     config.variants = ("typo: model.dropuot=0.5",)
     with pytest.raises(KeyError, match="dropuot"):
         ablation.variants(config)

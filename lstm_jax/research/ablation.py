@@ -75,10 +75,14 @@ def variants(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must be unique, got {names}")
     base_tokens = config.num_steps * base.train.batch_size * base.train.seq_len
-    runs, stacked = [], {}
+    changes, stacked = [], {}
     for name, overrides in parsed:
         stacked = {**stacked, **overrides} if config.cumulative else overrides
-        for seed in config.seeds:
+        changes.append((name, stacked))
+    runs = []
+    # seed-major: an interrupted ablation has every variant at the first seed
+    for seed in config.seeds:
+        for name, stacked in changes:
             c = copy.deepcopy(base)
             apply_overrides(c, stacked)
             t = c.train
@@ -111,7 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     for i, r in enumerate(runs):
         if config.progress:
             print(f"[{i + 1}/{len(runs)}] {r['name']}: {r['overrides'] or '(base)'}", flush=True)
-        summaries[r["name"]] = s = study.train_variant(r, out, keep_checkpoints=False)
+        summaries[r["name"]] = s = study.train_variant(r, out, config.keep_checkpoints)
         if config.progress:
             print(f"    val perplexity {_exp(s['final_val_loss']):.2f}, {s['seconds']:.0f} s")
 
