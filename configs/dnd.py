@@ -5,6 +5,7 @@ The seeds' "suitable results" setup (a 2018 course project): word-level,
 
     python -m lstm_jax.train --config configs/dnd.py            # word-level
     python -m lstm_jax.train --config configs/dnd.py:char       # char-level variant
+    python -m lstm_jax.train --config configs/dnd.py:tuned      # + AWD-LSTM's regularizers
     python -m lstm_jax.train --config configs/dnd.py:smoke      # seconds, for tests
 Arguments combine with commas, e.g. `configs/dnd.py:char,smoke`.
 Every field is documented in lstm_jax/config.py.
@@ -15,10 +16,10 @@ from lstm_jax.config import base_config
 
 def get_config(arg: str | None = None):
     args = set(filter(None, (arg or "").split(",")))
-    unknown = args - {"char", "smoke"}
+    unknown = args - {"char", "smoke", "tuned"}
     if unknown:
         raise ValueError(
-            f"unknown configs/dnd.py argument(s) {sorted(unknown)}; valid: char, smoke"
+            f"unknown configs/dnd.py argument(s) {sorted(unknown)}; valid: char, smoke, tuned"
         )
     c = base_config()
     c.data.corpus = "dnd_spells"
@@ -51,6 +52,22 @@ def get_config(arg: str | None = None):
     c.optim.clip_mode = "global_norm"
     c.optim.clip_value = 5.0
 
+    if "tuned" in args:
+        # The same model, steps and tokens with the regularizers of AWD-LSTM
+        # (Merity et al. 2017), the last row of configs/ablations/regularizers.py
+        # (docs/language_models.md): locked dropout instead of per-step dropout,
+        # embedding dropout, DropConnect on the recurrent kernels, tied
+        # input/output embeddings through a 512->256 projection (Press & Wolf
+        # 2017), and activation / temporal activation regularization.
+        c.model.dropout = 0.0
+        c.model.dropout_input = 0.4
+        c.model.dropout_hidden = 0.25
+        c.model.dropout_output = 0.4
+        c.model.dropout_embedding = 0.1
+        c.model.weight_drop = 0.4
+        c.model.tie_embeddings = True
+        c.train.activation_reg = 2.0
+        c.train.temporal_activation_reg = 1.0
     if "char" in args:
         c.data.tokenizer = "char"
         c.model.embed_dim = 0  # one-hot characters

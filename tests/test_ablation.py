@@ -64,3 +64,14 @@ def test_ablation_runs_tabulates_and_reuses(tmp_path):
     # a rerun reuses every finished run: nothing trains again
     again = ablation.run(config, str(tmp_path))
     assert json.dumps(again["table"]) == json.dumps(results["table"])
+
+
+def test_dnd_tuned_is_the_last_row_of_the_regularizer_ablation():
+    """configs/dnd.py:tuned is what the ablation measured, not a drifted copy."""
+    config = common.load_config("configs/ablations/regularizers.py")
+    last = ablation.variants(config)[len(config.variants)]  # seed 0, the last row
+    tuned = common.load_config("configs/dnd.py:tuned")
+    expected = common.load_config("configs/dnd.py")
+    ablation.apply_overrides(expected, last["overrides"])
+    assert tuned.to_dict() == expected.to_dict()
+    assert tuned.model.weight_drop > 0 and tuned.model.tie_embeddings
