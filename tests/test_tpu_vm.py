@@ -9,6 +9,9 @@ import subprocess
 
 import pytest
 
+# runs the script in a subprocess (about a second), which the fast tier forbids
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SSH = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-v4-32"]
 WHERE = ["--zone=us-central2-b", "--worker=all"]
