@@ -97,7 +97,8 @@ def variants(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
             config_lib.validate(c)
             runs.append(
                 {
-                    "name": f"{name}@seed{seed}",
+                    # the run's directory name under DIR/runs/ ("/" would nest it)
+                    "name": f"{name}@seed{seed}".replace("/", "_"),
                     "variant": name,
                     "overrides": dict(stacked),
                     "seed": int(seed),
