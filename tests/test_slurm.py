@@ -90,6 +90,32 @@ def scontrol_job(env: dict, job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", out))
 
 
+def tasks_exited_with(srun_log: str, code: int) -> set[int]:
+    """The task ids srun reports as "task 1: Exited with exit code C" or
+    "tasks 0-1: Exited with exit code C"."""
+    ids: set[int] = set()
+    pattern = rf"tasks? ([0-9,-]+): Exited with exit code {code}\b"
+    for spec in re.findall(pattern, srun_log):
+        for part in spec.split(","):
+            first, _, last = part.partition("-")
+            ids.update(range(int(first), int(last or first) + 1))
+    return ids
+
+
+def test_tasks_exited_with_reads_both_srun_forms():
+    assert tasks_exited_with("srun: error: vm: tasks 0-1: Exited with exit code 143", 143) == {
+        0,
+        1,
+    }
+    two_lines = (
+        "srun: error: vm: task 1: Exited with exit code 143\n"
+        "srun: error: vm: task 0: Exited with exit code 143\n"
+    )
+    assert tasks_exited_with(two_lines, 143) == {0, 1}
+    assert tasks_exited_with("srun: error: vm: task 1: Terminated", 143) == set()
+    assert tasks_exited_with("srun: error: vm: task 0: Exited with exit code 1430", 143) == set()
+
+
 def submit(env: dict, command: list[str]) -> str:
     """`sbatch --parsable ...` from the project root; the job id."""
     out = subprocess.run(
@@ -170,8 +196,10 @@ def test_scancel_term_saves_and_resubmission_resumes(slurm, uninterrupted, tmp_p
     assert saved, text[-4000:]
     step = int(saved.group(1))
     assert step < LONG_STEPS, "the run ended before the signal: raise LONG_STEPS"
-    # Both tasks exited 128 + SIGTERM after the collective save, and so did the job.
-    assert "tasks 0-1: Exited with exit code 143" in text, text[-4000:]
+    # Both tasks exited 128 + SIGTERM after the collective save, and so did the
+    # job. srun reports tasks that exit together on one line ("tasks 0-1: ..."),
+    # and one line per task when they leave a moment apart.
+    assert tasks_exited_with(text, 143) == {0, 1}, text[-4000:]
     assert (job["JobState"], job["ExitCode"]) == ("FAILED", "143:0")
     assert str(step) in os.listdir(wd / "checkpoints")
 
