@@ -27,6 +27,7 @@ import numpy as np
 from lstm_jax import train
 from lstm_jax.data import batching
 from lstm_jax.metrics import read_jsonl
+from lstm_jax.research import ablation
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -36,15 +37,9 @@ def load_config(overrides: list[str]):
     src = ROOT / "configs" / "shakespeare_char.py"
     exec(compile(src.read_text(), str(src), "exec"), namespace)
     config = namespace["get_config"]()
-    for item in overrides:
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = type(node[leaf])(
-            json.loads(value.lower()) if value in ("True", "False") else value
-        )
+    if overrides:  # the ablation's key=value parsing (Python literals)
+        _, changes = ablation.parse_variant("set: " + ", ".join(overrides))
+        ablation.apply_overrides(config, changes)
     return config
 
 
