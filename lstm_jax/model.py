@@ -289,6 +289,7 @@ class LanguageModel(_RecurrentModel):
         carry: tuple[Any, ...],
         *,
         reset: Array | None = None,  # [B, T] bool: zero the carry before step t
+        start: Array | None = None,  # [B] bool: zero the carry before step 0 only
         train: bool = False,
         rng: Array | None = None,
         mesh: Mesh | None = None,  # split the recurrence's rows over its "data" axis
@@ -300,8 +301,15 @@ class LanguageModel(_RecurrentModel):
 
         With `train=True` and an `rng`, the regularizers of the config act:
         `dropout` (a fresh mask per element and step) and AWD-LSTM's locked
-        dropouts, embedding dropout and weight drop; eval is deterministic."""
+        dropouts, embedding dropout and weight drop; eval is deterministic.
+
+        `start` is `reset` for batches whose streams restart only at step 0 (the
+        batchers' and `eval_batches`'): it zeroes those rows of `carry` up
+        front, so that every layer implementation can run, where a `reset`
+        mask sends the `onednn` and `cudnn` layers to `fused`."""
         c = self.config
+        if start is not None:
+            carry = recurrent.restart_rows(carry, start)
         rng = _check_rng(c, train, rng)
         keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
         with self.matmul_precision():

@@ -72,6 +72,17 @@ def zero_stack_carry(
     return tuple(cell.zero_carry(batch, hidden, dtype) for _ in range(num_layers))
 
 
+def restart_rows(carries: Any, start: Array) -> Any:
+    """`carries` with the rows where `start` [B] is True set to zero: those
+    streams begin anew. The same as a `reset` mask that is True only at step 0,
+    but applied before the layers, so that layers without mid-sequence resets
+    (oneDNN's and cuDNN's fused LSTMs) still run."""
+    return jax.tree.map(
+        lambda x: jnp.where(start.reshape(-1, *([1] * (x.ndim - 1))), jnp.zeros_like(x), x),
+        carries,
+    )
+
+
 def dropout_keep(rate: float, rng: Array | None, shape: tuple[int, ...]) -> Array | None:
     """The keep mask of inverted dropout (None: dropout is off, rate 0 or eval)."""
     if rate == 0.0 or rng is None:

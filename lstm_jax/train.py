@@ -215,6 +215,14 @@ def activation_penalty(
 # The two jitted functions.
 
 
+def _resets(batch: batching.Batch, mid_sequence_resets: bool) -> dict[str, jax.Array]:
+    """The model's reset argument for `batch`: the whole [B, T] mask, or only
+    its first column as `start` when the batch resets at step 0 only."""
+    if mid_sequence_resets:
+        return {"reset": batch.reset}
+    return {"start": batch.reset[:, 0]}
+
+
 def make_train_step(
     model: LanguageModel,
     optimizer: optax.GradientTransformationExtraArgs,
@@ -225,6 +233,7 @@ def make_train_step(
     *,
     activation_reg: float = 0.0,
     temporal_activation_reg: float = 0.0,
+    mid_sequence_resets: bool = False,
 ) -> Callable[[TrainState, batching.Batch], tuple[TrainState, dict]]:
     """The jitted step. With a `mesh` (and the state's `shardings`), the batch
     is split by rows over the devices and XLA all-reduces the gradients; the
@@ -232,7 +241,11 @@ def make_train_step(
     `compiler_options`: XLA options for this step (host.cpu_compiler_options).
     `activation_reg`, `temporal_activation_reg`: AWD-LSTM's AR and TAR
     (`activation_penalty`), added to the optimised loss only; the logged
-    `train_loss` stays the cross-entropy."""
+    `train_loss` stays the cross-entropy.
+    `mid_sequence_resets`: honour `batch.reset` at every step. Off by default:
+    the batchers reset at step 0 only (`batching.Batch`), and the model then
+    gets `reset[:, 0]` as `start`, which every layer implementation runs (a
+    full mask sends `onednn` and `cudnn` to `fused`)."""
     regularize = bool(activation_reg or temporal_activation_reg)
 
     def loss_fn(params, carry, batch, rng):
@@ -240,7 +253,7 @@ def make_train_step(
             params,
             batch.inputs,
             carry,
-            reset=batch.reset,
+            **_resets(batch, mid_sequence_resets),
             train=True,
             rng=rng,
             mesh=mesh,
@@ -293,12 +306,16 @@ def make_eval_step(
     model: LanguageModel,
     mesh: Mesh | None = None,
     compiler_options: dict[str, Any] | None = None,
+    mid_sequence_resets: bool = False,
 ) -> Callable:
     """(params, carry, batch) -> (sum of nll, token count, carry); with a `mesh`,
-    rows split over devices and the sums are global."""
+    rows split over devices and the sums are global. `mid_sequence_resets`: as
+    `make_train_step`'s."""
 
     def eval_step(params, carry, batch: batching.Batch):
-        logits, carry = model.apply(params, batch.inputs, carry, reset=batch.reset, mesh=mesh)
+        logits, carry = model.apply(
+            params, batch.inputs, carry, **_resets(batch, mid_sequence_resets), mesh=mesh
+        )
         total, count = masked_nll(logits, batch.targets, batch.mask)
         return total, count, carry
 

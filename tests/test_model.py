@@ -161,3 +161,26 @@ def test_lm_config_defaults_are_the_training_configs():
     }
     assert set(model) <= set(defaults) | {"vocab_size"}, set(model) - set(defaults)
     assert {k: defaults[k] for k in model} == model
+
+
+@pytest.mark.parametrize("impl", ["scan", "fused"])
+def test_start_equals_a_reset_at_step_zero(impl):
+    """`start` zeroes the marked rows' carry before step 0: the same logits and
+    final carry as a `reset` mask that is True at step 0 only, while the
+    unmarked rows keep their carried state."""
+    m = LanguageModel(LMConfig(vocab_size=11, embed_dim=4, hidden_size=6, num_layers=2, impl=impl))
+    params = m.init(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (3, 5), 0, 11)
+    leaves, tree = jax.tree.flatten(m.init_carry(3))
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    noise = [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    carry = jax.tree.unflatten(tree, noise)
+    start = jnp.array([True, False, True])
+    reset = jnp.zeros((3, 5), bool).at[:, 0].set(start)
+
+    got = m.apply(params, tokens, carry, start=start)
+    want = m.apply(params, tokens, carry, reset=reset)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), got, want)
+    fresh, _ = m.apply(params, tokens, m.init_carry(3))
+    np.testing.assert_allclose(got[0][::2], fresh[::2], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(got[0][1], fresh[1], atol=1e-3)

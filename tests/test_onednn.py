@@ -144,3 +144,39 @@ def test_two_devices_each_run_the_primitive():
     assert result["devices"] == 2
     assert result["two_vs_one"] < 1e-5, result
     assert result["one_vs_scan"] < 1e-4, result  # fp32 against fp32
+
+
+def test_train_and_eval_steps_run_the_primitive_and_match_scan():
+    """The batchers reset at step 0 only and the steps hand that to the model as
+    `start`, so an LSTM language model's train and eval steps run oneDNN's
+    primitive (not the fused fallback a reset mask would force), and one train
+    step gives the scan's loss and parameters."""
+    from lstm_jax import config as config_lib
+    from lstm_jax import optim, train
+    from lstm_jax.data.batching import TrainBatcher
+
+    vocab, rows, steps = 13, 4, 6
+    c = config_lib.base_config()
+    c.model.hidden_size, c.model.embed_dim, c.model.num_layers = 8, 4, 2
+    c.model.impl = "onednn"
+    batch = TrainBatcher(np.arange(200) % vocab, rows, steps, mode="streams").next_batch()
+    assert batch.reset[:, 0].all()  # the first batch of an epoch restarts every stream
+
+    def one_step(impl):
+        c.model.impl = impl
+        model = train.build_model(c, vocab)
+        optimizer = optim.make_optimizer(c.optim, 10)
+        state = train.init_state(c, model, optimizer, rows)
+        step = train.make_train_step(model, optimizer, lambda s, o: 0.0)
+        eval_step = train.make_eval_step(model)
+        hlo = step.lower(state, batch).as_text()
+        eval_hlo = eval_step.lower(state.params, state.carry, batch).as_text()
+        new_state, metrics = step(jax.tree.map(jnp.copy, state), batch)
+        return hlo, eval_hlo, new_state.params, float(metrics["train_loss"])
+
+    hlo, eval_hlo, params, loss = one_step("onednn")
+    assert hlo.count(onednn.FORWARD_TARGET) == 2 and hlo.count(onednn.BACKWARD_TARGET) == 2
+    assert eval_hlo.count(onednn.FORWARD_TARGET) == 2
+    _, _, want_params, want_loss = one_step("scan")
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    assert_trees_close(params, want_params, tol=1e-5)

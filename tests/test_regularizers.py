@@ -288,7 +288,9 @@ def _one_step(config, batch, **penalty):
     model = train.build_model(config, V)
     optimizer = optim.make_optimizer(config.optim, 10)
     state = train.init_state(config, model, optimizer, B)
-    step = train.make_train_step(model, optimizer, lambda s, o: 0.0, **penalty)
+    step = train.make_train_step(
+        model, optimizer, lambda s, o: 0.0, mid_sequence_resets=True, **penalty
+    )
     return model, state, step(jax.tree.map(jnp.copy, state), batch)  # the step donates its state
 
 

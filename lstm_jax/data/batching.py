@@ -8,7 +8,11 @@ compiles once. A batch carries, besides inputs and targets:
 - ``reset`` [B, T] bool: True where the recurrent carry must be zeroed BEFORE
   that step. The model applies it inside its scan, so a row can start a new
   stream (or an unrelated window) in the middle of training without a second
-  compiled function and without the caller zeroing carries by hand.
+  compiled function and without the caller zeroing carries by hand. Every
+  batch built here resets at step 0 only (a window starts a stream, never cuts
+  one), and the train and eval steps rely on it unless told otherwise
+  (``mid_sequence_resets``): they pass ``reset[:, 0]`` to the model as
+  ``start``, which keeps oneDNN's and cuDNN's fused layers usable.
 
 Training (`TrainBatcher`) has two modes:
 
@@ -52,7 +56,7 @@ class Batch(NamedTuple):
     inputs: np.ndarray  # [B, T] int32, token at step t
     targets: np.ndarray  # [B, T] int32, token at step t + 1
     mask: np.ndarray  # [B, T] float32, 1 = real target, 0 = padding
-    reset: np.ndarray  # [B, T] bool, zero the carry before step t
+    reset: np.ndarray  # [B, T] bool, zero the carry before step t; only ever True at t = 0
 
 
 def _as_ids(ids: np.ndarray | Sequence[int]) -> np.ndarray:
