@@ -7,8 +7,9 @@ and 853k training sequences.
     python -m lstm_jax.research.reproduce hochreiter1997 --workdir runs/hochreiter1997
 
 Expected wall time, CPU (2-core AMD EPYC, shared, measured 2026-11-28): T=100, 4 members
-(2 seeds x 2 rates) all solved in 271 s; T=500, 2 members at 3e-3: ~2.8 updates/s, so the
-418k-sequence budget (13k updates) is ~80 min. GPU: not measured. Details in
+(2 seeds x 2 rates) all solved in 271 s; T=500, 2 members at 3e-3: the
+418k-sequence budget (13k updates) took 21 min at ~10 updates/s with the machine quiet, and
+~80 min at ~2.8 updates/s under load (neither run solved it). GPU: not measured. Details in
 docs/research_tasks.md ("Reproducing the papers").
 
 Every field: lstm_jax/research/long_range.py:base_config and reproduce.paper_config.
