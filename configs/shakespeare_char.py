@@ -69,7 +69,7 @@ def get_config(arg: str | None = None):
         c.model.impl = "onednn"
         c.train.batch_size = 64
         c.train.seq_len = 50  # more updates per token than T = 100 (docs/language_models.md)
-        c.train.num_steps = 2300  # ~7 epochs; 23-30 minutes on a shared 2-core CPU
+        c.train.num_steps = 2300  # ~7 epochs (its time: docs/language_models.md, section 4)
         c.train.eval_every = 460
         c.train.checkpoint_every = 460
         c.train.sample_length = 300

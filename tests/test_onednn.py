@@ -23,7 +23,9 @@ import pytest
 from test_distributed import run_python
 from test_fused import B, D, H, T, all_cases, assert_trees_close, reset_mask
 
-from lstm_jax import cells, recurrent
+from lstm_jax import cells, optim, recurrent, train
+from lstm_jax import config as config_lib
+from lstm_jax.data.batching import TrainBatcher
 from lstm_jax.layers import fallback, onednn
 from lstm_jax.layers.fallback import LayerFallbackWarning
 
@@ -151,10 +153,6 @@ def test_train_and_eval_steps_run_the_primitive_and_match_scan():
     `start`, so an LSTM language model's train and eval steps run oneDNN's
     primitive (not the fused fallback a reset mask would force), and one train
     step gives the scan's loss and parameters."""
-    from lstm_jax import config as config_lib
-    from lstm_jax import optim, train
-    from lstm_jax.data.batching import TrainBatcher
-
     vocab, rows, steps = 13, 4, 6
     c = config_lib.base_config()
     c.model.hidden_size, c.model.embed_dim, c.model.num_layers = 8, 4, 2
