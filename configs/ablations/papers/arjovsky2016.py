@@ -7,9 +7,9 @@ memoryless baseline `10 log 8 / (T + 20)` at the longer delays.
         --workdir runs/arjovsky2016
     # delay 100 only: --config.sweep.task_values=(100,)
 
-Expected wall time, CPU (2-core AMD EPYC, shared, measured 2026-11-28): delay 100, 2 seeds:
-64 s per 1,000 updates, so ~3-4 min for the 3,000-update budget; the four delays (cost ~linear
-in T + 20) extrapolate to ~35 min. GPU: not measured. Details in docs/research_tasks.md
+Expected wall time, CPU (2-core AMD EPYC, shared, measured 2026-11-28), 2 seeds, the 3,000-update
+budget: delay 100 ~3-4 min under load; delays 200, 300 and 500 in 116, 173 and 286 s (about 10
+min for the three) with the machine quiet. GPU: not measured. Details in docs/research_tasks.md
 ("Reproducing the papers").
 """
 
