@@ -9,8 +9,9 @@ and 853k training sequences.
 Expected wall time, CPU (2-core AMD EPYC, shared, measured 2026-11-28): T=100, 4 members
 (2 seeds x 2 rates) all solved in 271 s; T=500, 2 members at 3e-3: the
 418k-sequence budget (13k updates) took 21 min at ~10 updates/s with the machine quiet, and
-~80 min at ~2.8 updates/s under load (neither run solved it). GPU: not measured. Details in
-docs/research_tasks.md ("Reproducing the papers").
+~80 min at ~2.8 updates/s under load (neither run solved it); with
+--config.model.hidden_size=128, one member, 210k sequences: 32 min at ~3.5 updates/s
+(not solved). GPU: not measured. Details in docs/research_tasks.md ("Reproducing the papers").
 
 Every field: lstm_jax/research/long_range.py:base_config and reproduce.paper_config.
 """
