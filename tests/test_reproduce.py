@@ -55,6 +55,36 @@ def test_paper_results_name_points_the_config_runs():
         assert keys & set(config.paper.results), paper
 
 
+def test_table_states_the_setup_as_run():
+    """The paper's notes are fixed text; a command-line override (here a wider
+    model, another rate and batch) must still show in the table beside them."""
+    config = common.load_config(reproduce.config_path("hochreiter1997"))
+    config.model.hidden_size = 128
+    config.sweep.learning_rates = (1e-3,)
+    config.train.batch_size = 8
+    config.train.num_steps = 1000
+    line = reproduce.setup_line(config)
+    assert "adam, lr 0.001, global_norm clip 1;" in line
+    assert "batch 8, 1000 updates (8k sequences) at most; seeds 0, 1;" in line
+    assert "forget-gate bias 3 " in line
+    row = {
+        "cell": "lstm",
+        "T": 500,
+        "hidden_size": 128,
+        "learning_rate": 1e-3,
+        "paper": "solved",
+        "paper_sequences": 209_000,
+        "ours_solved": "0/2",
+        "ours_sequences": [None, None],
+        "ours_final_loss_over_baseline": 1.03,
+        "budget_sequences": 8000,
+        "seconds": 12.0,
+    }
+    markdown = reproduce.to_markdown(config, [row])
+    assert "| lstm | 500 | 128 | 0.001 | solved | 209k | 0/2 | - - | 1.03 | 8k | 12 |" in markdown
+    assert line in markdown
+
+
 def test_unknown_paper_is_refused():
     with pytest.raises(ValueError, match="unknown paper 'hochreiter'"):
         reproduce.config_path("hochreiter")

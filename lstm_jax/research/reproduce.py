@@ -254,24 +254,48 @@ def _k(n: int | None) -> str:
     return "-" if n is None else f"{n / 1000:.0f}k" if n >= 1000 else str(n)
 
 
+def setup_line(config) -> str:
+    """The setup as run, read from the config, so that a command-line override
+    (a wider model, another optimizer) shows beside the paper's fixed notes."""
+    m, o, t = config.model, config.optim, config.train
+    lrs = list(config.sweep.learning_rates) or [o.learning_rate]
+    clip = "no clipping" if o.clip_mode == "none" else f"{o.clip_mode} clip {o.clip_value:g}"
+    return (
+        f"As run: {m.num_layers} layer(s), forget-gate bias {m.forget_bias:g} (LSTM);"
+        f" {o.name}, lr {', '.join(f'{lr:g}' for lr in lrs)}, {clip};"
+        f" batch {t.batch_size}, {t.num_steps} updates ({_k(t.num_steps * t.batch_size)}"
+        f" sequences) at most; seeds {', '.join(str(s) for s in config.sweep.seeds)};"
+        f" evaluated every {t.eval_every} updates on {t.eval_batch_size} held-out sequences."
+    )
+
+
 def to_markdown(config, rows) -> str:
     head = (
-        "| cell | T | lr | paper | paper: sequences | ours: solved | ours: sequences (per seed)"
-        " | loss / baseline | budget | seconds |"
+        "| cell | T | H | lr | paper | paper: sequences | ours: solved"
+        " | ours: sequences (per seed) | loss / baseline | budget | seconds |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         ratio = r["ours_final_loss_over_baseline"]
         lines.append(
-            f"| {r['cell']} | {r['T']} | {r['learning_rate']:g} | {r['paper']} | "
-            f"{_k(r['paper_sequences'])} | {r['ours_solved']} | "
+            f"| {r['cell']} | {r['T']} | {r['hidden_size']} | {r['learning_rate']:g} | "
+            f"{r['paper']} | {_k(r['paper_sequences'])} | {r['ours_solved']} | "
             f"{' '.join(_k(s) for s in r['ours_sequences'])} | "
             f"{'-' if ratio is None else f'{ratio:.3g}'} | {_k(r['budget_sequences'])} | "
             f"{r['seconds']:.0f} |"
         )
     notes = [f"{i}. {n}" for i, n in enumerate(config.paper.notes, 1)]
     return "\n".join(
-        [f"{config.paper.citation}", "", *lines, "", "Deviations from the paper:", *notes]
+        [
+            f"{config.paper.citation}",
+            "",
+            *lines,
+            "",
+            setup_line(config),
+            "",
+            "Deviations from the paper (the config's own settings; the line above is what ran):",
+            *notes,
+        ]
     )
 
 
@@ -341,6 +365,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "paper": config.paper.name,
         "citation": config.paper.citation,
         "notes": list(config.paper.notes),
+        "setup": setup_line(config),
         "table": rows,
         "members": [{"seed": m.seed, "learning_rate": m.learning_rate} for m in members],
         "points": {point_name(p): r for p, r in zip(pts, records, strict=True)},
