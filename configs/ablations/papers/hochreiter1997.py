@@ -11,7 +11,9 @@ Expected wall time, CPU (2-core AMD EPYC, shared, measured 2026-11-28): T=100, 4
 418k-sequence budget (13k updates) took 21 min at ~10 updates/s with the machine quiet, and
 ~80 min at ~2.8 updates/s under load (neither run solved it); with
 --config.model.hidden_size=128, one member, 210k sequences: 32 min at ~3.5 updates/s
-(not solved). GPU: not measured. Details in docs/research_tasks.md ("Reproducing the papers").
+(not solved); with --config.train.batch_size=8, 2 members, 418k sequences (52k updates):
+40 min at 15-28 updates/s (not solved). GPU: not measured. Details in
+docs/research_tasks.md ("Reproducing the papers").
 
 Every field: lstm_jax/research/long_range.py:base_config and reproduce.paper_config.
 """
