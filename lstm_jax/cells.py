@@ -126,15 +126,21 @@ class LSTM(_CellBase):
 
     forget_bias: initial value of b_f. 0 as in Flax/PyTorch; 1 as in char-rnn,
       Keras and Haiku (Jozefowicz et al. 2015 found 1 helps long memories).
+    input_bias: initial value of b_i. 0 by default; negative biases the input
+      gate towards closed, Hochreiter & Schmidhuber's 1997 cure for "internal
+      state drift" on long lags (sec. 5.4, "state drift versus initial bias"):
+      a closed gate keeps the T unmarked inputs of the adding problem out of c.
     """
 
     forget_bias: float = 0.0
+    input_bias: float = 0.0
     num_gates = 4
     name = "lstm"
 
     def init_bias(self, hidden: int, dtype: Any) -> Array:
         b = jnp.zeros((4, hidden), dtype)
-        return b.at[LSTM_GATES.index("forget")].set(self.forget_bias).reshape(-1)
+        b = b.at[LSTM_GATES.index("forget")].set(self.forget_bias)
+        return b.at[LSTM_GATES.index("input")].set(self.input_bias).reshape(-1)
 
     def recur(self, params: Params, carry: LSTMCarry, x_proj: Array) -> tuple[LSTMCarry, Array]:
         z = x_proj + carry.h @ params["w_h"]  # [B, 4H]
@@ -237,14 +243,18 @@ CELLS: dict[str, Callable[..., Cell]] = {
 }
 
 
+# Options only the LSTM takes; make_cell drops them for the other cells.
+LSTM_ONLY_OPTIONS = ("forget_bias", "input_bias")
+
+
 def make_cell(name: str, **options: Any) -> Cell:
     """Look a cell up by name. Options a cell does not take raise TypeError
-    naming them; `forget_bias` is accepted (and ignored) by non-LSTM cells so
-    that one config can switch cells freely."""
+    naming them; the LSTM's gate biases (`LSTM_ONLY_OPTIONS`) are accepted (and
+    ignored) by other cells so that one config can switch cells freely."""
     if name not in CELLS:
         raise ValueError(f"unknown cell {name!r}; valid cells: {sorted(CELLS)}")
     if name != "lstm":
-        options = {k: v for k, v in options.items() if k != "forget_bias"}
+        options = {k: v for k, v in options.items() if k not in LSTM_ONLY_OPTIONS}
     options = {k: v for k, v in options.items() if v is not None}
     try:
         return CELLS[name](**options)

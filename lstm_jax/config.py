@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     # (AWD's WeightDrop, wdrop)
     c.model.weight_drop = 0.0
     c.model.forget_bias = 1.0  # LSTM b_f at init (char-rnn/Keras 1; Flax 0)
+    c.model.input_bias = 0.0  # LSTM b_i at init (< 0 closes the input gate, HS97)
     c.model.kernel_init = "uniform"  # input kernels (lstm_jax.initializers)
     c.model.recurrent_init = "uniform"  # recurrent kernels
     c.model.init_scale = 0.08  # uniform bound / normal std (char-rnn 0.08)

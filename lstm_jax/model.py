@@ -45,6 +45,7 @@ class RecurrentCoreConfig:
     num_layers: int = 2  # L, stacked layers
     cell: str = "lstm"  # a name in lstm_jax.cells.CELLS
     forget_bias: float = 0.0  # LSTM only: initial b_f (1 = char-rnn/Keras)
+    input_bias: float = 0.0  # LSTM only: initial b_i (< 0: a closed input gate, HS97)
     kernel_init: str | None = None  # input kernels; None = the cell's default
     recurrent_init: str | None = None  # recurrent kernels; None = the cell's default
     init_scale: float | None = None  # uniform bound / normal std; None = cell default
@@ -74,6 +75,7 @@ class RecurrentCoreConfig:
         return make_cell(
             self.cell,
             forget_bias=self.forget_bias,
+            input_bias=self.input_bias,
             kernel_init=self.kernel_init,
             recurrent_init=self.recurrent_init,
             init_scale=self.init_scale,

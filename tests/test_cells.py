@@ -83,13 +83,22 @@ def test_step_matches_numpy(name, reference, dtype, tol):
             np.testing.assert_allclose(new_carry, out)
 
 
-def test_lstm_forget_bias_option():
-    for fb in (0.0, 1.0):
-        p = cells.LSTM(forget_bias=fb).init(jax.random.key(0), 3, 4)
+def test_lstm_gate_bias_options():
+    for fb, ib in ((0.0, 0.0), (1.0, 0.0), (6.0, -3.0)):
+        p = cells.LSTM(forget_bias=fb, input_bias=ib).init(jax.random.key(0), 3, 4)
         b = np.asarray(p["b"]).reshape(4, 4)
         np.testing.assert_array_equal(b[cells.LSTM_GATES.index("forget")], fb)
-        others = [i for i, g in enumerate(cells.LSTM_GATES) if g != "forget"]
-        np.testing.assert_array_equal(b[others], 0.0)
+        np.testing.assert_array_equal(b[cells.LSTM_GATES.index("input")], ib)
+        np.testing.assert_array_equal(b[cells.LSTM_GATES.index("cell")], 0.0)
+        np.testing.assert_array_equal(b[cells.LSTM_GATES.index("output")], 0.0)
+
+
+def test_lstm_gate_biases_are_ignored_by_other_cells():
+    """One config switches cells: the LSTM's gate biases must not break a GRU."""
+    gru = cells.make_cell("gru", forget_bias=3.0, input_bias=-3.0)
+    np.testing.assert_array_equal(gru.init(jax.random.key(0), 3, 4)["b"], 0.0)
+    lstm = cells.make_cell("lstm", forget_bias=3.0, input_bias=-3.0)
+    assert (lstm.forget_bias, lstm.input_bias) == (3.0, -3.0)
 
 
 def test_initializers():

@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.hidden_size = 64  # H, units per layer
     c.model.num_layers = 1  # stacked recurrent layers
     c.model.forget_bias = 1.0  # LSTM b_f at init (ignored by other cells)
+    c.model.input_bias = 0.0  # LSTM b_i at init (< 0 closes the input gate, HS97; LSTM only)
     c.model.kernel_init = config_dict.placeholder(str)  # input kernels; None = cell default
     c.model.recurrent_init = config_dict.placeholder(str)  # recurrent kernels; None = default
     c.model.init_scale = config_dict.placeholder(float)  # None = cell default (0.08 uniform)

@@ -261,7 +261,8 @@ def setup_line(config) -> str:
     lrs = list(config.sweep.learning_rates) or [o.learning_rate]
     clip = "no clipping" if o.clip_mode == "none" else f"{o.clip_mode} clip {o.clip_value:g}"
     return (
-        f"As run: {m.num_layers} layer(s), forget-gate bias {m.forget_bias:g} (LSTM);"
+        f"As run: {m.num_layers} layer(s), LSTM gate biases forget {m.forget_bias:g},"
+        f" input {m.input_bias:g};"
         f" {o.name}, lr {', '.join(f'{lr:g}' for lr in lrs)}, {clip};"
         f" batch {t.batch_size}, {t.num_steps} updates ({_k(t.num_steps * t.batch_size)}"
         f" sequences) at most; seeds {', '.join(str(s) for s in config.sweep.seeds)};"
