@@ -63,11 +63,12 @@ def test_table_states_the_setup_as_run():
     config.sweep.learning_rates = (1e-3,)
     config.train.batch_size = 8
     config.train.num_steps = 1000
-    config.model.input_bias = -3.0
+    config.model.forget_bias = 2.0
+    config.model.input_bias = -1.5
     line = reproduce.setup_line(config)
     assert "adam, lr 0.001, global_norm clip 1;" in line
     assert "batch 8, 1000 updates (8k sequences) at most; seeds 0, 1;" in line
-    assert "LSTM gate biases forget 3, input -3;" in line
+    assert "LSTM gate biases forget 2, input -1.5;" in line
     row = {
         "cell": "lstm",
         "T": 500,

@@ -6,13 +6,10 @@ and 853k training sequences.
         --workdir runs/hochreiter1997
     python -m lstm_jax.research.reproduce hochreiter1997 --workdir runs/hochreiter1997
 
-Expected wall time, CPU (2-core AMD EPYC, shared, measured 2026-11-28): T=100, 4 members
-(2 seeds x 2 rates) all solved in 271 s; T=500, 2 members at 3e-3: the
-418k-sequence budget (13k updates) took 21 min at ~10 updates/s with the machine quiet, and
-~80 min at ~2.8 updates/s under load (neither run solved it); with
---config.model.hidden_size=128, one member, 210k sequences: 32 min at ~3.5 updates/s
-(not solved); with --config.train.batch_size=8, 2 members, 418k sequences (52k updates):
-40 min at 15-28 updates/s (not solved). GPU: not measured. Details in
+Expected wall time, CPU (2-core AMD EPYC, shared, measured 2026-11-28 at commit
+4e6b27e): the default command (T=100 and 500, 2 seeds x 2 rates, all 8 solved) 231 s, of
+which T=500 took 194 s at ~10 updates/s. T1000_DOC GPU: not measured. Details, and the
+runs before the gate biases (T=500 at the baseline for 20-40 min each), in
 docs/research_tasks.md ("Reproducing the papers").
 
 Every field: lstm_jax/research/long_range.py:base_config and reproduce.paper_config.
