@@ -8,9 +8,11 @@ and 853k training sequences.
 
 Expected wall time, CPU (2-core AMD EPYC, shared, measured 2026-11-28 at commit
 4e6b27e): the default command (T=100 and 500, 2 seeds x 2 rates, all 8 solved) 231 s, of
-which T=500 took 194 s at ~10 updates/s. T1000_DOC GPU: not measured. Details, and the
-runs before the gate biases (T=500 at the baseline for 20-40 min each), in
-docs/research_tasks.md ("Reproducing the papers").
+which T=500 took 194 s at ~10 updates/s. :t1000 with one rate (3e-3), 2 seeds and
+--config.train.num_steps=8000: both solved (75k, 190k sequences) in 1,187 s at 5-7
+updates/s; an unsolved member runs the full 53k-update budget, about 3 h. GPU: not
+measured. Details, and the runs before the gate biases (T=500 at the baseline for 20-40
+min each), in docs/research_tasks.md ("Reproducing the papers").
 
 Every field: lstm_jax/research/long_range.py:base_config and reproduce.paper_config.
 """
