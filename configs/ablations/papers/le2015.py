@@ -9,7 +9,9 @@ MSE, the tanh RNN stays at the baseline (MSE ~0.167).
 
 Expected wall time, CPU (2-core AMD EPYC, shared, measured 2026-11-28): T=150, one cell with
 4 members: ~75 ms per update, so the 25k-update budget is ~30 min per cell; all 3 cells x 4
-lengths (cost ~linear in T) extrapolate to ~10 h. GPU: not measured. Details in
+lengths (cost ~linear in T) extrapolate to ~10 h. Measured 2026-11-28 (irnn only, 4 members,
+full budget): T=50 301 s, T=100 611 s; rnn_tanh at T=200/300/400 with 3,000 updates:
+148/225/288 s. GPU: not measured. Details in
 docs/research_tasks.md ("Reproducing the papers").
 """
 
