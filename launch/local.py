@@ -17,11 +17,18 @@ processes' lines are prefixed with "[i] ". If any child fails, the others are
 stopped and the launcher exits with that child's status; SIGINT/SIGTERM are
 passed on to every child (lstm_jax.train then saves a checkpoint and exits);
 --timeout bounds the whole run (exit status 124).
+
+The children die with the launcher, however it ends: each asks the kernel
+(Linux `prctl(PR_SET_PDEATHSIG)`) for SIGTERM when the launcher dies, even by
+SIGKILL, so a killed launcher leaves no orphan holding a port or a GPU
+(lstm_jax.train's watchdog bounds how long a stuck child takes to go).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
@@ -51,6 +58,21 @@ def child_env(index: int, args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: SIGTERM when the launcher dies (Linux only;
+    elsewhere a no-op). If the launcher is already gone, exit at once."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux/glibc: no parent-death signal
+        return
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os._exit(1)
+
+
 def _prefix_lines(stream, prefix: str) -> None:
     for line in iter(stream.readline, b""):
         sys.stdout.buffer.write(prefix.encode() + line)
@@ -74,7 +96,7 @@ def _stop(procs: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
 def launch(args: argparse.Namespace) -> int:
     port = args.port or free_port()
     procs: list[subprocess.Popen] = []
-    threads: list[threading.Thread] = []
+    launcher = os.getpid()
     for i in range(args.num_processes):
         cmd = [
             *args.command,
@@ -83,18 +105,23 @@ def launch(args: argparse.Namespace) -> int:
             f"--process_id={i}",
         ]
         pipe = subprocess.PIPE if i else None  # process 0 keeps the terminal
-        p = subprocess.Popen(
-            cmd,
-            env=child_env(i, args),
-            stdout=pipe,
-            stderr=subprocess.STDOUT if i else None,
-            start_new_session=True,  # a terminal Ctrl-C reaches us only; we pass it on
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=child_env(i, args),
+                stdout=pipe,
+                stderr=subprocess.STDOUT if i else None,
+                start_new_session=True,  # a terminal Ctrl-C reaches us only; we pass it on
+                preexec_fn=lambda: _die_with_parent(launcher),  # before any thread starts
+            )
         )
-        procs.append(p)
-        if i:
-            t = threading.Thread(target=_prefix_lines, args=(p.stdout, f"[{i}] "), daemon=True)
-            t.start()
-            threads.append(t)
+    threads = [
+        threading.Thread(target=_prefix_lines, args=(p.stdout, f"[{i}] "), daemon=True)
+        for i, p in enumerate(procs)
+        if i
+    ]
+    for t in threads:
+        t.start()
 
     received: list[int] = []
 

@@ -85,6 +85,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.sample_length = 0  # tokens sampled at each evaluation (0 = off)
     c.train.sample_prime = ""  # prime text for those samples ("" = record start)
     c.train.progress = True  # show a progress bar
+    # Seconds without progress (no step, evaluation batch or save finished) before
+    # the CLI dumps every thread's stack and exits 4 (lstm_jax/watchdog.py); long
+    # enough for a first compile on a slow machine, short against a SLURM job. 0 = off
+    c.train.watchdog_s = 600.0
+    # After SIGTERM/SIGINT: seconds without progress before the CLI exits 128 + N
+    # unsaved (a step stuck in a collective never reaches the save); SLURM's
+    # --signal=TERM@120 leaves 120 s before its SIGKILL
+    c.train.watchdog_grace_s = 60.0
     # XLA:CPU's matmul library for the train/eval steps: "default" (XLA's choice)
     # or "onednn" (faster at some sizes; docs/performance.md, lstm_jax/host.py).
     c.train.cpu_dots = "default"
@@ -198,9 +206,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for name in ("activation_reg", "temporal_activation_reg"):
         if not full.train[name] >= 0:
             raise ValueError(f"train.{name} must be >= 0 (0 = off), got {full.train[name]}")
-    for name in ("profile_start_step", "profile_num_steps"):
+    for name in ("profile_start_step", "profile_num_steps", "watchdog_s"):
         if full.train[name] < 0:
             raise ValueError(f"train.{name} must be >= 0, got {full.train[name]}")
+    if not full.train.watchdog_grace_s > 0:
+        raise ValueError(f"train.watchdog_grace_s must be > 0, got {full.train.watchdog_grace_s}")
     cpu_dots = full.train.cpu_dots
     if cpu_dots not in host.CPU_DOT_LIBRARIES:
         raise ValueError(

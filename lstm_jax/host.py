@@ -43,22 +43,51 @@ def compile_cache_dir() -> pathlib.Path | None:
     return pathlib.Path(base) / "lstm_jax" / "jax"
 
 
-def enable_compile_cache() -> pathlib.Path | None:
+def enable_compile_cache(num_processes: int = 1) -> tuple[pathlib.Path | None, str]:
     """Turn on JAX's persistent compilation cache in `compile_cache_dir()`,
     caching every compiled program whatever its compile time. A directory the
     user gave JAX itself (JAX_COMPILATION_CACHE_DIR) wins. Returns the
-    directory in use, or None when the cache is off."""
+    directory in use (None when the cache is off) and one line for the log.
+
+    A multi-process run (`num_processes` > 1, known after
+    `jax.distributed.initialize`) never uses the cache, not even a directory
+    given to JAX itself. A cached program there deadlocks the first train step
+    (jax/jaxlib 0.12.1, CPU with gloo collectives; docs/scaling.md, "The
+    compilation cache and several processes"): JAX's cache key includes the
+    device topology's fingerprint, which differs from process to process, so
+    only process 0 finds its entry while the others compile afresh, and the
+    loaded executable's fingerprint differs from the compiled one's. The
+    processes then run the "same" step as two different executables, whose
+    collectives never meet. Compiling in every process is what a cold cache
+    did, and it never hung.
+    """
     import jax
 
+    if num_processes > 1:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None, (
+            f"compile cache off: {num_processes} processes (a cached executable deadlocks "
+            "a multi-process step; docs/scaling.md)"
+        )
     if jax.config.jax_compilation_cache_dir:
-        return pathlib.Path(jax.config.jax_compilation_cache_dir)
+        directory = pathlib.Path(jax.config.jax_compilation_cache_dir)
+        return directory, f"compile cache {directory}"
     directory = compile_cache_dir()
     if directory is None:
-        return None
+        return None, f"compile cache off ({COMPILE_CACHE_ENV}=off)"
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return directory
+    return directory, f"compile cache {directory}"
+
+
+def versions() -> str:
+    """The versions that decide what is compiled, for the first log line and
+    the summary: "jax 0.12.1, jaxlib 0.12.1"."""
+    import jax
+    import jaxlib
+
+    return f"jax {jax.__version__}, jaxlib {jaxlib.__version__}"
 
 
 # (mallopt parameter number from glibc's <malloc.h>, environment variable, value)

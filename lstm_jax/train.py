@@ -33,8 +33,10 @@ restored, and per-step randomness is `fold_in(key(seed), step)`.
 
 Exit codes of the CLI: 0 finished; 2 a user error (one line on stderr;
 --verbose for the traceback); 3 the loss became non-finite (the last good
-checkpoint is kept); 128+N stopped by signal N after saving (SIGINT 130,
-SIGTERM 143): the run is not finished, rerun the same command to resume.
+checkpoint is kept); 4 the run hung: no progress for train.watchdog_s seconds
+(every thread's stack on stderr; the newest finished checkpoint is kept);
+128+N stopped by signal N after saving (SIGINT 130, SIGTERM 143): the run is
+not finished, rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from absl import flags, logging
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from lstm_jax import cli, host, optim, parallel
+from lstm_jax import cli, host, optim, parallel, watchdog
 from lstm_jax import config as config_lib
 from lstm_jax import sample as sampling
 from lstm_jax.checkpoint import Checkpointer, CheckpointError, DamagedCheckpointError
@@ -234,7 +236,8 @@ def make_train_step(
     activation_reg: float = 0.0,
     temporal_activation_reg: float = 0.0,
     mid_sequence_resets: bool = False,
-) -> Callable[[TrainState, batching.Batch], tuple[TrainState, dict]]:
+    stop_flag: bool = False,
+) -> Callable[..., tuple[TrainState, dict]]:
     """The jitted step. With a `mesh` (and the state's `shardings`), the batch
     is split by rows over the devices and XLA all-reduces the gradients; the
     loss is a mean over the global batch, so the result is the one-device step's.
@@ -245,7 +248,13 @@ def make_train_step(
     `mid_sequence_resets`: honour `batch.reset` at every step. Off by default:
     the batchers reset at step 0 only (`batching.Batch`), and the model then
     gets `reset[:, 0]` as `start`, which every layer implementation runs (a
-    full mask sends `onednn` and `cudnn` to `fused`)."""
+    full mask sends `onednn` and `cudnn` to `fused`).
+    `stop_flag`: the step takes a third argument, an int32 vector with one
+    entry per device (rows split like the batch) that each process fills with
+    its own "a signal came" flag, and returns its maximum as `metrics["stop"]`.
+    The processes' agreement to stop is then reduced inside the step's own
+    program, in the order of its other collectives, never as a separate
+    collective racing it (`train_loop`)."""
     regularize = bool(activation_reg or temporal_activation_reg)
 
     def loss_fn(params, carry, batch, rng):
@@ -269,7 +278,7 @@ def make_train_step(
         )
         return loss + penalty, (carry, loss)
 
-    def train_step(state: TrainState, batch: batching.Batch):
+    def train_step(state: TrainState, batch: batching.Batch, stop: jax.Array | None = None):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step + 1)
         (_, (carry, loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.carry, batch, rng
@@ -287,6 +296,8 @@ def make_train_step(
             "grad_norm": optax.tree.norm(grads),  # before clipping
             "learning_rate": learning_rate(state.step, state.opt_state),
         }
+        if stop is not None:
+            metrics["stop"] = jnp.max(stop)
         return new_state, metrics
 
     options = compiler_options or None
@@ -295,7 +306,7 @@ def make_train_step(
     rows, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     return jax.jit(
         train_step,
-        in_shardings=(shardings, rows),
+        in_shardings=(shardings, rows, rows) if stop_flag else (shardings, rows),
         out_shardings=(shardings, rep),
         donate_argnums=0,
         compiler_options=options,
@@ -351,6 +362,7 @@ def evaluate(
     seq_len: int,
     max_batches: int = 0,
     mesh: Mesh | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> float:
     """Mean nats/token over the split (every target once, state carried).
 
@@ -358,6 +370,7 @@ def evaluate(
     batch. With a `mesh`, every process walks the same batches and feeds its
     devices' rows (`eval_step` from `make_eval_step(model, mesh)`); the sums are
     global, so the value is the single-process one whatever the number of processes.
+    `on_batch(i)`: called after batch i is dispatched (the watchdog's heartbeat).
     """
     total, count, carry = 0.0, 0.0, None
     for i, batch in enumerate(batching.eval_batches(ids, batch_size, seq_len)):
@@ -366,6 +379,8 @@ def evaluate(
         first_carry, batch = _eval_inputs(model, batch, batch_size, mesh)
         t, c, carry = eval_step(params, first_carry if carry is None else carry, batch)
         total, count = total + t, count + c
+        if on_batch is not None:
+            on_batch(i)
     return float(total) / max(float(count), 1.0)
 
 
@@ -441,10 +456,13 @@ class _StopSignal:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits.
 
     A save is collective, so with several processes all must stop at the same
-    step: they agree every `every` steps (one tiny all-gather); one process
-    checks its flag every step at no cost. A second SIGINT quits at once
-    (KeyboardInterrupt): checkpoints are written atomically, so the newest
-    finished one is kept.
+    step. Each process feeds its flag into the train step (`stop_flag`), which
+    reduces it with the step's other collectives; every process reads the
+    result at the same log steps, so all agree without a collective of their
+    own. One process stops at the step it sees its flag. A second SIGINT quits
+    at once (KeyboardInterrupt): checkpoints are written atomically, so the
+    newest finished one is kept. A process stuck where this handler cannot run
+    is ended by the watchdog (lstm_jax/watchdog.py).
     """
 
     def __init__(self):
@@ -470,14 +488,20 @@ class _StopSignal:
                 flush=True,
             )
 
-    def agreed(self, step: int, every: int) -> bool:
-        if jax.process_count() == 1:
-            return self.signum is not None
-        return step % every == 0 and parallel.any_process(self.signum is not None)
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+def stop_flags(mesh: Mesh, requested: bool) -> Any:
+    """This process's stop flag for the train step: one int32 per local device,
+    as a global [devices] array split like the batch rows."""
+    local = np.full((jax.local_device_count(),), int(requested), np.int32)
+    return parallel.to_global(local, mesh, mesh.devices.size)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -524,6 +548,8 @@ class Run:
     shardings: TrainState | None = None  # set by restore_or_init
     nt: optim.NTTrigger | None = None  # NT-ASGD's val-loss history; set by restore_or_init
     steps: Steps | None = None  # set by compile_steps
+    # progress reports for the CLI's watchdog (lstm_jax/watchdog.py): "step 12", ...
+    heartbeat: Callable[[str], None] = lambda where: None
 
 
 def resolve_config(config: ml_collections.ConfigDict, num_devices: int):
@@ -676,12 +702,13 @@ def compile_steps(run: Run, state: TrainState) -> Steps:
         options,
         activation_reg=t.activation_reg,
         temporal_activation_reg=t.temporal_activation_reg,
+        stop_flag=True,
     )
     position = run.batcher.state()  # a batch of the right shapes, then rewind
     batch = parallel.to_global(run.batcher.next_batch(), mesh, t.batch_size)
     run.batcher.restore(position)
     with run.timer.phase("compile_train"):
-        train_compiled = train_step.lower(state, batch).compile()
+        train_compiled = train_step.lower(state, batch, stop_flags(mesh, False)).compile()
     eval_step = make_eval_step(run.model, mesh, options)
     if not t.evaluate:
         return Steps(train_compiled, eval_step)
@@ -718,6 +745,7 @@ class Window:
                 span = (self.steps[0], self.steps[-1])
                 raise NonFiniteLossError.at(step, span, loss, grad_norm, ckpt)
         row = {k: float(x) for k, x in values[-1].items()}
+        row["stop"] = max(float(v.get("stop", 0)) for v in values)  # any step of the window
         elapsed = time.perf_counter() - self.start
         row["tokens_per_s"] = len(self.steps) * self.tokens_per_step / max(elapsed, 1e-9)
         return row
@@ -817,6 +845,7 @@ def on_eval(
                 t.seq_len,
                 t.max_eval_batches,
                 run.mesh,
+                on_batch=lambda i: run.heartbeat(f"step {step}, evaluation batch {i}"),
             )
         report = per_token_report(val_loss, kind)
         row.update(val_loss=val_loss, **{f"val_{k}": v for k, v in report.items()})
@@ -846,8 +875,10 @@ def save(run: Run, state: TrainState, step: int, val_loss: float | None, best: f
     }
     if run.nt is not None:  # NT-ASGD's val-loss history and trigger step
         meta["nt_asgd"] = run.nt.to_json()
+    run.heartbeat(f"step {step}, saving a checkpoint")
     with run.timer.phase("checkpoints"):
         run.ckpt.save(step, state, meta, val_loss)
+    run.heartbeat(f"step {step}, checkpoint saved")
 
 
 def train_loop(run: Run, state: TrainState, writer: MetricWriter, progress: Progress) -> dict:
@@ -857,6 +888,7 @@ def train_loop(run: Run, state: TrainState, writer: MetricWriter, progress: Prog
     best = run.meta.get("best_val_loss") if run.meta else None
     outcome: dict[str, Any] = {"val_loss": None}
     window, profile = Window(t.batch_size * t.seq_len), Profile(t, run.workdir)
+    alone = jax.process_count() == 1
     loop_start = time.perf_counter()
     with _StopSignal() as stop:
         for step in range(start + 1, t.num_steps + 1):
@@ -865,14 +897,19 @@ def train_loop(run: Run, state: TrainState, writer: MetricWriter, progress: Prog
             with jax.transfer_guard_device_to_host("disallow_explicit"):
                 batch = parallel.to_global(run.batcher.next_batch(), run.mesh, t.batch_size)
                 profile.before(step)
-                state, metrics = run.steps.train(state, batch)
+                flags = stop_flags(run.mesh, stop.requested)
+                state, metrics = run.steps.train(state, batch, flags)
                 window.add(step, metrics)
                 profile.after(step, state)
                 progress.update(1)
-            events, stopping = Events.at(step, t), stop.agreed(step, every=t.log_every)
-            if not (any(events) or stopping):
+            run.heartbeat(f"step {step}")
+            # One process stops at once; several agree through the steps' own
+            # reduction of their flags, read at the log steps (`Window.read`).
+            events = Events.at(step, t)
+            if not (any(events) or (alone and stop.requested)):
                 continue
             row = window.read(run.ckpt)  # the loop's only wait for the device
+            stopping = bool(row.pop("stop")) or (alone and stop.requested)
             progress.set_postfix(loss=f"{row['train_loss']:.3f}")
             row["epoch"] = step / run.batcher.steps_per_epoch
             if events.eval:
@@ -929,6 +966,7 @@ def finish(run: Run, outcome: dict, start: int, wall_start: float) -> dict[str, 
     if len(splits["valid"]):
         unigram = unigram_loss(splits["train"], splits["valid"], run.data.tokenizer.vocab_size)
     summary: dict[str, Any] = {
+        "versions": host.versions(),
         "unigram_val_loss": unigram,
         "start_step": start,
         **outcome,
@@ -967,11 +1005,16 @@ def describe_run(run: Run, state: TrainState, progress: Progress) -> int:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, startup_seconds: float | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    startup_seconds: float | None = None,
+    heartbeat: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) in `workdir`; returns a summary of the run, with the
     wall time by phase (`time_s`). `startup_seconds`: the process's time before
-    this call (interpreter and imports), shown as the breakdown's "startup"."""
+    this call (interpreter and imports), shown as the breakdown's "startup".
+    `heartbeat(where)`: called at every step and phase (the CLI's watchdog)."""
     wall_start = time.perf_counter() - (startup_seconds or 0.0)
     timer = PhaseTimer()
     if startup_seconds is not None:
@@ -979,10 +1022,15 @@ def train_and_evaluate(
     setup_start = time.perf_counter()
     run = setup(config, pathlib.Path(workdir), timer)
     timer.add("setup", time.perf_counter() - setup_start - timer.seconds["data"])
+    if heartbeat is not None:
+        run.heartbeat = heartbeat
     try:
+        run.heartbeat("restoring or initialising the state")
         with timer.phase("init"):
             state = restore_or_init(run)
+        run.heartbeat("compiling the steps")
         run.steps = compile_steps(run, state)
+        run.heartbeat("compiled")
         start = int(state.step)
         writer = MetricWriter(run.workdir, resume_step=start)
         progress = Progress(run.config.train.num_steps, start, run.config.train.progress)
@@ -1029,6 +1077,16 @@ flags.DEFINE_bool(
 EXIT_NON_FINITE = 3
 
 
+def newest_checkpoint(directory: pathlib.Path) -> str:
+    """The newest finished checkpoint as "step N in DIR" (orbax renames a step's
+    directory into place only once it is whole), read from the directory alone."""
+    try:
+        steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    except OSError:
+        steps = []
+    return f"step {steps[-1]} in {directory}" if steps else f"none in {directory}"
+
+
 def main(argv: list[str]) -> None:
     del argv
     startup = host.seconds_since_process_start()
@@ -1037,18 +1095,27 @@ def main(argv: list[str]) -> None:
     notes = []
     if FLAGS.retain_freed_memory and host.retain_freed_memory():  # before JAX starts threads
         notes.append("glibc keeps freed memory between steps (--noretain_freed_memory: off)")
-    cache = host.enable_compile_cache()
-    notes.append(f"compile cache {cache}" if cache else "compile cache off")
-    parallel.use_cpu_devices(config_lib.complete(config).parallel.cpu_devices)
+    full = config_lib.complete(config)
+    parallel.use_cpu_devices(full.parallel.cpu_devices)
     parallel.initialize(
         FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
+    _, cache_note = host.enable_compile_cache(jax.process_count())  # after initialize
+    notes.insert(0, cache_note)
     config_file = config_flags.get_config_filename(FLAGS["config"])
     workdir = FLAGS.workdir or f"workdirs/{pathlib.Path(config_file.split(':')[0]).stem}"
     if jax.process_index() == 0:
-        print(f"lstm_jax.train: {jax.default_backend()}; " + "; ".join(notes), flush=True)
+        print(
+            f"lstm_jax.train: {jax.default_backend()}, {host.versions()}; " + "; ".join(notes),
+            flush=True,
+        )
+    newest = lambda: newest_checkpoint(pathlib.Path(workdir) / "checkpoints")
     try:
-        summary = train_and_evaluate(config, workdir, startup_seconds=startup)
+        t = full.train
+        with watchdog.Watchdog(t.watchdog_s, newest, grace_s=t.watchdog_grace_s) as dog:
+            summary = train_and_evaluate(
+                config, workdir, startup_seconds=startup, heartbeat=dog.beat
+            )
     except NonFiniteLossError as e:
         cli.fail(str(e), EXIT_NON_FINITE)
     if jax.process_index() == 0:

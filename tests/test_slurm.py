@@ -29,7 +29,13 @@ pytestmark = pytest.mark.slow
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 16  # test_distributed's OVERRIDES: dnd:smoke, 16 steps, every step logged
 LONG_STEPS = 200  # the preempted run: long enough to be signalled before it ends
-LONG = {"train.num_steps": LONG_STEPS, "train.eval_every": 50, "train.checkpoint_every": 50}
+LONG = {
+    "train.num_steps": LONG_STEPS,
+    "train.eval_every": 50,
+    "train.checkpoint_every": 50,
+    "train.watchdog_s": 120,  # a hung job fails in minutes, not at the test's timeout
+}
+REPEATS = 5  # the uninterrupted and the preempted job, each run this many times
 # A CPU node: two tasks of one CPU each, no GPUs (the script's GPU directives are
 # defaults; command-line flags override them).
 SBATCH_CPU_FLAGS = [
@@ -61,9 +67,10 @@ def slurm(tmp_path_factory, request):
         SLURM_CONF=str(root / "slurm.conf"), PYTHON=sys.executable, PYTHONPATH=str(ROOT)
     )
     start = time.monotonic()
-    cluster.down(root)
+    cluster.down(root)  # cancels every job and kills what is left of them first
     TIMINGS["teardown"] = time.monotonic() - start
     assert not (root / "pids").exists()
+    assert not cluster.job_processes(root), "a job's processes outlived the cluster"
     line = ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items())
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():  # shown even when the tests pass
@@ -177,7 +184,19 @@ def uninterrupted(slurm, tmp_path_factory) -> pathlib.Path:
     return wd
 
 
-def test_scancel_term_saves_and_resubmission_resumes(slurm, uninterrupted, tmp_path):
+@pytest.mark.parametrize("repeat", range(1, REPEATS))
+def test_uninterrupted_job_repeats(slurm, uninterrupted, tmp_path, repeat):
+    """The same job again (the fixture's run is the first of REPEATS): it
+    completes, with the same metrics and state."""
+    start = time.monotonic()
+    _, job = submit_and_wait(slurm, sbatch_command(tmp_path / "wd", tmp_path / "job.out", **LONG))
+    TIMINGS[f"uninterrupted job {repeat + 1}"] = time.monotonic() - start
+    assert job["JobState"] == "COMPLETED", (tmp_path / "job.out").read_text()[-4000:]
+    assert_same_run(tmp_path / "wd", uninterrupted, range(1, LONG_STEPS + 1))
+
+
+@pytest.mark.parametrize("repeat", range(REPEATS))
+def test_scancel_term_saves_and_resubmission_resumes(slurm, uninterrupted, tmp_path, repeat):
     wd, log = tmp_path / "wd", tmp_path / "job-%j.out"
     command = sbatch_command(wd, log, **LONG)
     start = time.monotonic()
@@ -190,7 +209,7 @@ def test_scancel_term_saves_and_resubmission_resumes(slurm, uninterrupted, tmp_p
     # What a preemption or --signal=TERM@120 delivers: SIGTERM to every task of the step.
     subprocess.run(["scancel", "--signal=TERM", job_id], env=slurm, check=True)
     job = wait_for_job(slurm, job_id)
-    TIMINGS["preempted job"] = time.monotonic() - start
+    TIMINGS[f"preempted job {repeat + 1}"] = time.monotonic() - start
     text = pathlib.Path(str(log).replace("%j", job_id)).read_text()
     saved = re.search(r"signal 15: saved checkpoint at step (\d+); exiting", text)
     assert saved, text[-4000:]
@@ -205,7 +224,7 @@ def test_scancel_term_saves_and_resubmission_resumes(slurm, uninterrupted, tmp_p
 
     start = time.monotonic()
     job_id, job = submit_and_wait(slurm, command)  # the same command, unchanged
-    TIMINGS["resumed job"] = time.monotonic() - start
+    TIMINGS[f"resumed job {repeat + 1}"] = time.monotonic() - start
     text = pathlib.Path(str(log).replace("%j", job_id)).read_text()
     assert job["JobState"] == "COMPLETED", text[-4000:]
     assert f"; resuming at step {step}" in text, text[-4000:]  # resumed, not restarted

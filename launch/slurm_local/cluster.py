@@ -20,6 +20,7 @@ timeouts, so a broken node is reported in seconds rather than minutes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
 import secrets
@@ -182,11 +183,61 @@ def up(root: pathlib.Path) -> None:
     _wait_for("the SLURM node (sinfo state idle)", node_idle, root, procs, timeout=60.0)
 
 
+def job_processes(root: pathlib.Path) -> list[int]:
+    """Every process that belongs to this cluster's jobs: slurmstepd, srun and
+    the tasks, which all inherit SLURM_CONF=<root>/slurm.conf (from slurmd or
+    from the submitting environment), except the daemons themselves."""
+    marker = f"SLURM_CONF={root / 'slurm.conf'}".encode()
+    daemons = set()
+    if (root / "pids").exists():
+        daemons = {int(line.split()[1]) for line in (root / "pids").read_text().splitlines()}
+    found = []
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in daemons | {os.getpid()}:
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours to read
+            continue
+        if marker in environ:
+            found.append(int(proc.name))
+    return found
+
+
+def cancel_jobs(root: pathlib.Path, timeout: float = 30.0, scancel: bool = True) -> list[int]:
+    """scancel every job, then SIGKILL whatever of them still runs (a task stuck
+    in a collective ignores SIGTERM) and wait until it is gone; returns the
+    processes that had to be killed."""
+    if scancel and (root / "slurm.conf").exists():
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            subprocess.run(
+                ["scancel", "--full", "--signal=KILL", "--user", str(os.getuid())],
+                env=_env(root),
+                capture_output=True,
+                timeout=30,
+            )
+    killed: list[int] = []
+    deadline = time.monotonic() + timeout
+    while pids := job_processes(root):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job processes {pids} of {root} outlived SIGKILL")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    return sorted(set(killed))
+
+
 def down(root: pathlib.Path, grace: float = 15.0) -> None:
-    """SIGTERM the daemons recorded in `root/pids` (slurmd first), SIGKILL any left."""
+    """Cancel every job and end its processes (`cancel_jobs`), then SIGTERM the
+    daemons recorded in `root/pids` (slurmd first) and SIGKILL any left."""
     pids_file = root / "pids"
     if not pids_file.exists():
         return
+    cancel_jobs(root)
     pids = [int(line.split()[1]) for line in pids_file.read_text().splitlines() if line.strip()]
     for pid in reversed(pids):  # slurmd, slurmctld, then munged (they authenticate through it)
         try:
@@ -206,6 +257,7 @@ def down(root: pathlib.Path, grace: float = 15.0) -> None:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     pids_file.unlink()
+    cancel_jobs(root, scancel=False)  # a step the daemons' exit orphaned
 
 
 def _alive(pid: int) -> bool:
