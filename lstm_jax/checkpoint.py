@@ -39,6 +39,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import math
 import pathlib
 import shutil
 from typing import Any
@@ -156,22 +157,36 @@ class _ChecksumsRestore(ocp.args.CheckpointArgs):
 # The manager.
 
 
+def _val_loss(metrics: dict | None) -> float:
+    """A checkpoint's recorded validation loss; inf when it has none."""
+    value = (metrics or {}).get("val_loss")
+    return float(value) if isinstance(value, int | float) else math.inf
+
+
 class Checkpointer:
     def __init__(self, directory: str | pathlib.Path, keep: int = 2, *, read_only: bool = False):
         self.directory = pathlib.Path(directory).absolute()
+        # Every checkpoint records its metrics: {"val_loss": x}, or {} when it was
+        # not evaluated. `best_fn` makes orbax write and read them (without it,
+        # orbax records none and its best step is the latest); BestN keeps the
+        # lowest val_loss across any number of resumes. Only a checkpoint with no
+        # recorded metrics at all (written before they were) is kept by BestN
+        # whatever its loss, so an older workdir loses nothing (`legacy_steps`).
         policy = ocp.checkpoint_managers.AnyPreservationPolicy(
             [
                 ocp.checkpoint_managers.LatestN(n=max(1, keep)),
                 ocp.checkpoint_managers.BestN(
-                    get_metric_fn=lambda m: m["val_loss"],
+                    get_metric_fn=_val_loss,
                     reverse=True,  # smaller is better (orbax's best_mode="min")
                     n=1,
-                    keep_checkpoints_without_metrics=False,
+                    keep_checkpoints_without_metrics=True,
                 ),
             ]
         )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
+            best_fn=_val_loss,
+            best_mode="min",
             create=not read_only,
             read_only=read_only,
             enable_async_checkpointing=True,
@@ -189,6 +204,14 @@ class Checkpointer:
         )
         self._in_flight: int | None = None  # the step being written in the background
         self._warned_unverified: set[int] = set()
+        legacy = self.legacy_steps()
+        if legacy and not read_only:
+            logging.warning(
+                "checkpoints %s in %s were written without a recorded validation loss "
+                "(by an older lstm_jax); they are kept until you delete them",
+                legacy,
+                self.directory,
+            )
 
     # -- what exists -------------------------------------------------------
 
@@ -199,7 +222,16 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
-        return self.manager.best_step()
+        """The checkpoint with the lowest recorded validation loss; None if no
+        checkpoint has one (training without evaluation)."""
+        best = self.manager.best_step()
+        if best is None or not math.isfinite(_val_loss(self.manager.metrics(best))):
+            return None
+        return best
+
+    def legacy_steps(self) -> list[int]:
+        """Checkpoints with no recorded metrics (written before they were)."""
+        return [s for s in self.all_steps() if self.manager.metrics(s) is None]
 
     def step_dir(self, step: int) -> pathlib.Path:
         return self.directory / str(step)
@@ -251,7 +283,7 @@ class Checkpointer:
         for the previous save, and raises CheckpointError if that one failed."""
         self.wait_until_finished()
         arrays = host_arrays(state)
-        metrics = None if val_loss is None else {"val_loss": float(val_loss)}
+        metrics = {} if val_loss is None else {"val_loss": float(val_loss)}
         try:
             self.manager.save(
                 step,

@@ -78,8 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every = 10  # steps between metrics.jsonl lines
     c.train.evaluate = True  # score the validation split (False: no val loss, no best ckpt)
     c.train.eval_every = 200  # steps between validations (0 = only at the end)
-    c.train.checkpoint_every = 200  # steps between checkpoints (0 = only at the end)
-    c.train.keep_checkpoints = 2  # latest checkpoints kept (plus the best by val loss)
+    # steps between checkpoints; every evaluation and the last step save one too
+    # (0 = only those), so the best checkpoint by val loss is always on disk
+    c.train.checkpoint_every = 200
+    c.train.keep_checkpoints = 2  # latest checkpoints kept, >= 1 (plus the best by val loss)
     c.train.restore_fallback = False  # a damaged newest checkpoint: resume from the newest good one
     c.train.max_eval_batches = 0  # cap validation batches (0 = the whole split)
     c.train.sample_length = 0  # tokens sampled at each evaluation (0 = off)
@@ -191,6 +193,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "train.seq_len": t.seq_len,
         "train.num_steps": t.num_steps,
         "train.log_every": t.log_every,
+        "train.keep_checkpoints": t.keep_checkpoints,
     }
     for name, value in positive.items():
         if value < 1:
@@ -206,7 +209,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for name in ("activation_reg", "temporal_activation_reg"):
         if not full.train[name] >= 0:
             raise ValueError(f"train.{name} must be >= 0 (0 = off), got {full.train[name]}")
-    for name in ("profile_start_step", "profile_num_steps", "watchdog_s"):
+    counts = (
+        "eval_every",  # 0 = only at the end
+        "checkpoint_every",  # 0 = at evaluations and the end
+        "max_eval_batches",  # 0 = the whole split
+        "sample_length",  # 0 = no samples
+        "profile_start_step",  # 0 = no trace
+        "profile_num_steps",
+        "watchdog_s",  # 0 = off
+    )
+    for name in counts:
         if full.train[name] < 0:
             raise ValueError(f"train.{name} must be >= 0, got {full.train[name]}")
     if not full.train.watchdog_grace_s > 0:

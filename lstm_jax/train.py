@@ -45,8 +45,10 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -452,6 +454,41 @@ def check_workdir(workdir: pathlib.Path) -> None:
             break
 
 
+class WorkdirBusyError(CheckpointError):
+    """Another live run holds the workdir's lock."""
+
+
+LOCK_FILE = "lock"
+
+
+def lock_workdir(workdir: pathlib.Path) -> Any:
+    """One run per workdir: an advisory lock (flock) on WORKDIR/lock, held
+    by process 0 until it exits. The kernel drops it when the process dies, by
+    any signal including SIGKILL, so it is never stale. Returns the open file
+    that holds it (None on other processes, which share process 0's run)."""
+    if jax.process_index() != 0:
+        return None
+    import fcntl  # POSIX; imported here so the module still imports elsewhere
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = open(workdir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the whole run)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise WorkdirBusyError(
+            f"{workdir} is in use by another run ({holder}); wait for it to end, or "
+            "use another --workdir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
 class _StopSignal:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits.
 
@@ -550,6 +587,7 @@ class Run:
     steps: Steps | None = None  # set by compile_steps
     # progress reports for the CLI's watchdog (lstm_jax/watchdog.py): "step 12", ...
     heartbeat: Callable[[str], None] = lambda where: None
+    lock: Any = None  # the workdir lock's open file (process 0), held while the run lives
 
 
 def resolve_config(config: ml_collections.ConfigDict, num_devices: int):
@@ -580,6 +618,21 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path, timer: Phase
     mesh = parallel.data_mesh()
     config = resolve_config(config, mesh.devices.size)
     check_workdir(workdir)
+    lock = lock_workdir(workdir)  # before anything in the workdir is read
+    try:
+        run = _build_run(config, workdir, mesh, timer)
+    except BaseException:
+        if lock is not None:
+            lock.close()  # a failed setup frees the workdir at once
+        raise
+    run.lock = lock
+    return run
+
+
+def _build_run(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh, timer: PhaseTimer
+) -> Run:
+    """`setup` after the workdir is locked."""
     cfg_dict = config.to_dict()
     saved_config = workdir / "config.json"
     if saved_config.exists() and has_checkpoint(workdir):
@@ -1044,6 +1097,8 @@ def train_and_evaluate(
     finally:
         with timer.phase("checkpoints"):
             run.ckpt.close()  # waits for a save still being written
+        if run.lock is not None:
+            run.lock.close()  # the next run may start
     return finish(run, outcome, start, wall_start)
 
 
