@@ -66,7 +66,12 @@ from ml_collections import config_flags
 from lstm_jax import cli, host, optim, parallel, watchdog
 from lstm_jax import config as config_lib
 from lstm_jax import sample as sampling
-from lstm_jax.checkpoint import Checkpointer, CheckpointError, DamagedCheckpointError
+from lstm_jax.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    DamagedCheckpointError,
+    flat_leaves,
+)
 from lstm_jax.data import batching, corpora, tokenizers
 from lstm_jax.metrics import (
     MetricWriter,
@@ -693,23 +698,61 @@ def _read_json(path: pathlib.Path) -> dict:
 
 def restore_or_init(run: Run) -> TrainState:
     """The newest checkpoint's state in this run's shardings (whatever mesh
-    wrote it), or a fresh one; then process 0 writes config.json and the tokenizer."""
+    wrote it), or a fresh one; then process 0 writes config.json and the
+    tokenizer (only once the restore worked: a refused resume changes nothing)."""
     config = run.config
     make_state = lambda: init_state(config, run.model, run.optimizer, config.train.batch_size)
     run.shardings = state_sharding(
         run.mesh, jax.eval_shape(make_state), config.parallel.shard_optimizer_state
     )
     state = jax.jit(make_state, out_shardings=run.shardings)()  # built in place on the mesh
+    if run.meta is not None:
+        check_saved_tree(run, state)
+        state = restore_checkpoint(run, state)
+        run.batcher.restore(run.meta["data_state"])
     parallel.barrier("lstm_jax.train: workdir read")  # before process 0 rewrites config.json
     if jax.process_index() == 0:
         run.workdir.mkdir(parents=True, exist_ok=True)
         (run.workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         run.data.tokenizer.save(run.workdir / "tokenizer.json")
-    if run.meta is not None:
-        state = restore_checkpoint(run, state)
-        run.batcher.restore(run.meta["data_state"])
     run.nt = optim.NTTrigger.from_config(config.optim, run.meta)  # after a fallback's meta
     return state
+
+
+def check_saved_tree(run: Run, target: TrainState) -> None:
+    """Refuse, naming the arrays, a checkpoint whose state is not the one this
+    config builds: an optimizer setting that adds or drops state (momentum, a
+    plateau schedule, another optimizer) or a changed size. Such a restore
+    would otherwise fail inside orbax and read as a damaged checkpoint."""
+    step = run.meta["step"]
+    try:
+        saved = run.ckpt.array_shapes(step)
+    except DamagedCheckpointError:
+        if run.config.train.restore_fallback:
+            return  # unreadable: the fallback finds the newest good one
+        raise
+    wanted = {name: tuple(x.shape) for name, x in flat_leaves(target).items()}
+    if saved == wanted:
+        return
+    only_new = sorted(wanted.keys() - saved.keys())
+    only_old = sorted(saved.keys() - wanted.keys())
+    resized = sorted(k for k in wanted.keys() & saved.keys() if wanted[k] != saved[k])
+    parts = []
+    for label, names in (
+        ("this config adds", only_new),
+        ("the checkpoint has, this config not", only_old),
+        ("shapes differ", resized),
+    ):
+        if names:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            parts.append(f"{label}: {shown}")
+    raise CheckpointError(
+        f"the checkpoint at step {step} in {run.workdir} holds another training state than "
+        f"this config builds ({'; '.join(parts)}). A setting that changes the saved state "
+        "differs from the run that wrote it (an optim field such as name, momentum or "
+        "schedule, or a model size). Restore that setting, or use a new --workdir; "
+        "nothing in the workdir was changed."
+    )
 
 
 def restore_checkpoint(run: Run, target: TrainState) -> TrainState:
