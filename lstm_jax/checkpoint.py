@@ -42,6 +42,7 @@ import json
 import math
 import pathlib
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -329,7 +330,15 @@ class Checkpointer:
     # -- restoring ---------------------------------------------------------
 
     def restore_meta(self, step: int) -> dict:
-        return self._restore_item(step, "meta", ocp.args.JsonRestore())
+        """The `meta` item of checkpoint `step`: a JSON object, else damaged."""
+        meta = self._restore_item(step, "meta", ocp.args.JsonRestore())
+        if not isinstance(meta, dict):
+            raise self._damaged(
+                step,
+                f"checkpoint {self.step_dir(step)} has unreadable metadata (a JSON "
+                f"{type(meta).__name__}, not an object)",
+            )
+        return meta
 
     def array_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
         """The saved arrays' shapes by leaf name ("params/embed": (V, E), ...),
@@ -411,10 +420,13 @@ class Checkpointer:
             )
         return True
 
-    def restore_newest_good(self, target: Any) -> tuple[int, Any, dict] | None:
+    def restore_newest_good(
+        self, target: Any, check_meta: Callable[[int, dict], None] | None = None
+    ) -> tuple[int, Any, dict] | None:
         """(step, state, meta) of the newest checkpoint that reads and verifies,
         newest first, logging each one skipped and why; None if there is none at
-        all; CheckpointError if every one is damaged."""
+        all; CheckpointError if every one is damaged. `check_meta(step, meta)`
+        raises DamagedCheckpointError for a meta its caller cannot use."""
         steps = self.all_steps()
         if not steps:
             return None
@@ -422,6 +434,8 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 meta = self.restore_meta(step)
+                if check_meta is not None:
+                    check_meta(step, meta)
                 state = self.restore_state(step, target)
             except DamagedCheckpointError as e:
                 logging.warning("skipping checkpoint %d: %s", step, e)

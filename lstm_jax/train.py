@@ -429,7 +429,14 @@ def compat_view(config: dict) -> dict:
 def check_compatible(saved: dict, current: dict, workdir: pathlib.Path) -> None:
     # A field added since the checkpoint was written reads as its default (which
     # leaves the old behaviour unchanged), so an older run still resumes.
-    old, new = compat_view(config_lib.complete(saved).to_dict()), compat_view(current)
+    try:
+        old = compat_view(config_lib.complete(saved).to_dict())
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(
+            f"the config saved with the checkpoint in {workdir} is malformed "
+            f"({' '.join(str(e).split())[:200]}); use a new --workdir"
+        ) from e
+    new = compat_view(current)
     diffs = [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
         for k in sorted(old | new)
@@ -626,7 +633,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path, timer: Phase
     cfg_dict = config.to_dict()
     saved_config = workdir / "config.json"
     if saved_config.exists() and has_checkpoint(workdir):
-        check_compatible(_read_json(saved_config), cfg_dict, workdir)
+        check_compatible(read_saved_config(saved_config), cfg_dict, workdir)
 
     t = config.train
     with timer.phase("data"):
@@ -679,8 +686,7 @@ def open_checkpoints(
     new run), checked against this config and vocabulary."""
     cfg_dict = config.to_dict()
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-    latest = ckpt.latest_step()
-    meta = ckpt.restore_meta(latest) if latest is not None else None
+    meta = newest_meta(ckpt, fallback=config.train.restore_fallback)
     if meta is not None:
         check_compatible(meta["config"], cfg_dict, workdir)
         if meta["tokenizer"] != data.tokenizer.to_json():
@@ -691,7 +697,66 @@ def open_checkpoints(
     return ckpt, meta
 
 
-def _read_json(path: pathlib.Path) -> dict:
+# What a train checkpoint's meta must hold, and of which JSON type.
+META_FIELDS = {"step": int, "data_state": dict, "tokenizer": dict, "config": dict}
+
+
+def newest_meta(ckpt: Checkpointer, fallback: bool) -> dict | None:
+    """The newest checkpoint's metadata (None: no checkpoint), checked for the
+    fields a resume reads. Unreadable: DamagedCheckpointError, or with
+    `fallback` the next newest that reads (the state's own fallback follows in
+    `restore_checkpoint`, which sets the newer ones aside)."""
+    hint = " Or resume from the newest good one: --config.train.restore_fallback=True."
+    for step in reversed(ckpt.all_steps()):
+        try:
+            meta = ckpt.restore_meta(step)
+            check_meta_fields(ckpt, step, meta)
+            return meta
+        except DamagedCheckpointError as e:
+            if not fallback:
+                raise DamagedCheckpointError(f"{e}{hint}") from e
+            logging.warning("skipping checkpoint %d: %s", step, e)
+    if fallback and ckpt.all_steps():
+        raise DamagedCheckpointError(
+            f"every checkpoint in {ckpt.directory} is damaged ({ckpt.all_steps()}); use a "
+            "new --workdir"
+        )
+    return None
+
+
+def check_meta_fields(ckpt: Checkpointer, step: int, meta: dict) -> None:
+    """DamagedCheckpointError unless `meta` has every field a resume reads."""
+    bad = [k for k, kind in META_FIELDS.items() if not isinstance(meta.get(k), kind)]
+    if bad:
+        raise DamagedCheckpointError(
+            f"checkpoint {ckpt.step_dir(step)} has unreadable metadata (missing or "
+            f"malformed: {', '.join(bad)}); move it away to use an earlier step, or "
+            "use a new --workdir."
+        )
+
+
+def read_saved_config(path: pathlib.Path) -> dict:
+    """An earlier run's config.json, as a complete config dict; a file of the
+    wrong shape is named in one line (CheckpointError)."""
+    saved = _read_json(path)
+    sections = ("data", "model", "train", "optim")
+    problem = None
+    if not isinstance(saved, dict):
+        problem = f"a JSON {type(saved).__name__}, not an object"
+    elif missing := [k for k in sections if not isinstance(saved.get(k), dict)]:
+        problem = f"no {', '.join(missing)} section(s)"
+    else:
+        try:
+            return config_lib.complete(saved).to_dict()
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            problem = f"a field of the wrong type ({' '.join(str(e).split())[:200]})"
+    raise CheckpointError(
+        f"{path} is not an lstm_jax config ({problem}); restore it from a backup, or delete "
+        "it (the checkpoints' own copies are used), or use a new --workdir"
+    )
+
+
+def _read_json(path: pathlib.Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -764,7 +829,8 @@ def restore_checkpoint(run: Run, target: TrainState) -> TrainState:
     refused, unless train.restore_fallback asks for the newest that verifies
     (its metadata then replaces `run.meta`)."""
     if run.config.train.restore_fallback:
-        step, state, run.meta = run.ckpt.restore_newest_good(target)
+        check = lambda step, meta: check_meta_fields(run.ckpt, step, meta)
+        step, state, run.meta = run.ckpt.restore_newest_good(target, check)
         newer = [s for s in run.ckpt.all_steps() if s > step]
         for damaged in newer:  # so that this run can save those steps again
             moved = run.ckpt.set_aside(damaged)

@@ -1,0 +1,81 @@
+"""Malformed workdir files give one clear error naming the file (the CLI turns
+CheckpointError into one line and exit 2), and restore_fallback falls back past
+any unreadable newest step."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import pytest
+
+from lstm_jax import train
+from lstm_jax.checkpoint import CheckpointError, DamagedCheckpointError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def smoke(**overrides):
+    namespace: dict = {}
+    exec(compile((ROOT / "configs" / "dnd.py").read_text(), "dnd.py", "exec"), namespace)
+    c = namespace["get_config"]("smoke")
+    c.train.progress, c.train.eval_every, c.train.checkpoint_every = False, 0, 2
+    c.train.num_steps, c.train.keep_checkpoints = 4, 3
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        c[section][field] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> pathlib.Path:
+    wd = tmp_path_factory.mktemp("trained") / "wd"
+    train.train_and_evaluate(smoke(), str(wd))
+    return wd
+
+
+@pytest.fixture
+def workdir(trained, tmp_path) -> pathlib.Path:
+    wd = tmp_path / "wd"
+    shutil.copytree(trained, wd)
+    return wd
+
+
+@pytest.mark.parametrize("text", ["[]", '"str"', "null", '{"model": 5}', '{"seed": "x"}', "{}"])
+def test_a_config_json_of_the_wrong_shape_is_named(workdir, text):
+    (workdir / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=r"config\.json is not an lstm_jax config") as e:
+        train.train_and_evaluate(smoke(**{"train.num_steps": 6}), str(workdir))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["[]", "{}", '{"step": "x", "config": 5}'])
+def test_a_malformed_meta_is_damage_with_a_fix_that_works(workdir, text):
+    (workdir / "checkpoints" / "4" / "meta" / "metadata").write_text(text)
+    with pytest.raises(DamagedCheckpointError, match="restore_fallback=True") as e:
+        train.train_and_evaluate(smoke(**{"train.num_steps": 6}), str(workdir))
+    assert "checkpoints/4" in str(e.value)
+    # the advice, followed: resumes from step 2, sets 4 aside, and finishes
+    summary = train.train_and_evaluate(
+        smoke(**{"train.num_steps": 6, "train.restore_fallback": True}), str(workdir)
+    )
+    assert summary["start_step"] == 2 and summary["final_step"] == 6
+    assert (workdir / "checkpoints-damaged" / "4").is_dir()
+
+
+def test_fallback_passes_an_empty_newest_step_directory(workdir):
+    (workdir / "checkpoints" / "9").mkdir()
+    summary = train.train_and_evaluate(
+        smoke(**{"train.num_steps": 12, "train.restore_fallback": True}), str(workdir)
+    )
+    assert summary["start_step"] == 4 and summary["final_step"] == 12
+
+
+def test_meta_fields_are_checked(workdir):
+    path = workdir / "checkpoints" / "4" / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    del meta["data_state"]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(DamagedCheckpointError, match="malformed: data_state"):
+        train.train_and_evaluate(smoke(**{"train.num_steps": 6}), str(workdir))
