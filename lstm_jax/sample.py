@@ -486,19 +486,32 @@ def record_start_ids(tokenizer: Tokenizer) -> list[int]:
     return [i for i in ids if i is not None]
 
 
+PRIME_FLAGS = {  # the flag that sets a prime, and the fix for unknown symbols, by CLI
+    "sample": ("--prime", "; pass --allow_unk to map them to <unk>"),
+    "train": ("--config.train.sample_prime", ""),
+}
+
+
 def encode_prime(
-    tokenizer: Tokenizer, prime: str, *, allow_unk: bool = False, record_start: bool = True
+    tokenizer: Tokenizer,
+    prime: str,
+    *,
+    allow_unk: bool = False,
+    record_start: bool = True,
+    cli: str = "sample",
 ) -> Prime:
     """Record-start context (if `record_start`) + the prime's ids.
 
     A prime with characters or words the vocabulary lacks is an error naming
-    them; with `allow_unk`, a word-level vocabulary maps them to <unk>.
+    them and the fix in `cli`'s flags ("sample" or "train"); with `allow_unk`,
+    a word-level vocabulary maps them to <unk>.
     """
+    flag, unk_fix = PRIME_FLAGS[cli]
     unknown = tokenizer.unknown_symbols(prime)
     if unknown and not (allow_unk and tokenizer.unk_id is not None):
         what = "characters" if tokenizer.kind == "char" else "words"
         hint = (
-            "; pass --allow_unk to map them to <unk>"
+            unk_fix
             if tokenizer.unk_id is not None
             else " (a char-level vocabulary has no <unk>)"
             if tokenizer.kind == "char"
@@ -506,7 +519,8 @@ def encode_prime(
         )
         raise ValueError(
             f"the prime {prime!r} has {what} not in the vocabulary: "
-            f"{', '.join(map(repr, unknown[:20]))}{' ...' if len(unknown) > 20 else ''}{hint}"
+            f"{', '.join(map(repr, unknown[:20]))}{' ...' if len(unknown) > 20 else ''}{hint}; "
+            f"or give another {flag} (empty: start at a record)"
         )
     context = record_start_ids(tokenizer) if record_start else []
     ids = np.concatenate([np.asarray(context, np.int32), tokenizer.encode(prime)]).astype(np.int32)
@@ -613,6 +627,7 @@ def make_sampler(
     stop_at_record_end: bool = False,
     allow_unk: bool = False,
     record_start: bool = True,
+    cli: str = "sample",
     beam: int = 0,
     length_penalty: float = 1.0,
 ) -> Callable[[Params, Array], SampleResult]:
@@ -650,7 +665,9 @@ def make_sampler(
                 "stop at record end: the vocabulary has no record separator "
                 f"({RECORD_SEPARATOR!r}); only corpora of records (such as dnd_spells) have one"
             )
-    encoded = encode_prime(tokenizer, prime, allow_unk=allow_unk, record_start=record_start)
+    encoded = encode_prime(
+        tokenizer, prime, allow_unk=allow_unk, record_start=record_start, cli=cli
+    )
     model = sampling_model(model)
 
     def sampler(params: Params, key: Array) -> SampleResult:

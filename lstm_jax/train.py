@@ -554,17 +554,47 @@ def stop_flags(mesh: Mesh, requested: bool) -> Any:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss or the gradient norm stopped being finite; nothing after the
-    last good checkpoint is saved."""
+    """The loss or the gradient norm stopped being finite at `step`; nothing
+    after the last good checkpoint is saved (`keep_finite_checkpoints`)."""
+
+    def __init__(self, message: str, step: int = 0):
+        super().__init__(message)
+        self.step = step
 
     @classmethod
-    def at(cls, step: int, steps: tuple[int, int], loss: float, grad_norm: float, ckpt):
+    def at(cls, step: int, steps: tuple[int, int], loss: float, grad_norm: float):
         return cls(
             f"non-finite training loss ({loss}, gradient norm {grad_norm}) at step {step}, "
-            f"the first bad one of steps {steps[0]}-{steps[1]} (read together); stopping. "
-            f"The last good checkpoint (step {ckpt.latest_step()}) is kept in "
-            f"{ckpt.directory}. Try a lower optim.learning_rate or gradient clipping."
+            f"the first bad one of steps {steps[0]}-{steps[1]} (read together); stopping.",
+            step,
         )
+
+
+def keep_finite_checkpoints(run: Run, error: NonFiniteLossError) -> NonFiniteLossError:
+    """After a non-finite loss at step s: the checkpoint of step s - 1 holds
+    the parameters that gave it (step s's loss is theirs), so it is set aside
+    (into checkpoints-damaged/), and the error names the newest checkpoint
+    left, whose parameters gave a finite loss, and a rerun that can work."""
+    run.ckpt.wait_until_finished()
+    bad, note = error.step - 1, ""
+    if bad in run.ckpt.all_steps():
+        moved = run.ckpt.set_aside(bad)
+        parallel.barrier("lstm_jax.train: non-finite checkpoint set aside")
+        run.ckpt.reload()
+        note = f" Checkpoint {bad}, whose parameters gave that loss, is set aside in {moved}."
+    latest = run.ckpt.latest_step()
+    kept = (
+        f" The newest checkpoint whose parameters gave a finite loss, step {latest}, is kept "
+        f"in {run.ckpt.directory}; rerun the same command with"
+        if latest is not None
+        else " No checkpoint was kept; rerun with"
+    )
+    return NonFiniteLossError(
+        f"{error}{note}{kept} a lower --config.optim.learning_rate (now "
+        f"{run.config.optim.learning_rate:g}) or gradient clipping "
+        "(--config.optim.clip_mode=global_norm --config.optim.clip_value=1).",
+        error.step,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -660,6 +690,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path, timer: Phase
             prime=t.sample_prime,
             length=t.sample_length,
             stop_at_record_end=data.tokenizer.record_separator_id is not None,
+            cli="train",
         )
     optimizer = optim.make_optimizer(config.optim, batcher.steps_per_epoch)
     schedule = optim.make_schedule(config.optim, batcher.steps_per_epoch)
@@ -900,7 +931,7 @@ class Window:
         self.steps.append(step)
         self.metrics.append(metrics)
 
-    def read(self, ckpt: Checkpointer) -> dict[str, float]:
+    def read(self) -> dict[str, float]:
         with jax.transfer_guard_device_to_host("allow"):
             values = jax.device_get(self.metrics)  # waits for the window's last step
         for step, v in zip(self.steps, values, strict=True):
@@ -909,7 +940,7 @@ class Window:
             loss, grad_norm = float(v["train_loss"]), float(v["grad_norm"])
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 span = (self.steps[0], self.steps[-1])
-                raise NonFiniteLossError.at(step, span, loss, grad_norm, ckpt)
+                raise NonFiniteLossError.at(step, span, loss, grad_norm)
         row = {k: float(x) for k, x in values[-1].items()}
         row["stop"] = max(float(v.get("stop", 0)) for v in values)  # any step of the window
         elapsed = time.perf_counter() - self.start
@@ -1074,7 +1105,10 @@ def train_loop(run: Run, state: TrainState, writer: MetricWriter, progress: Prog
             events = Events.at(step, t)
             if not (any(events) or (alone and stop.requested)):
                 continue
-            row = window.read(run.ckpt)  # the loop's only wait for the device
+            try:
+                row = window.read()  # the loop's only wait for the device
+            except NonFiniteLossError as e:
+                raise keep_finite_checkpoints(run, e) from None
             stopping = bool(row.pop("stop")) or (alone and stop.requested)
             progress.set_postfix(loss=f"{row['train_loss']:.3f}")
             row["epoch"] = step / run.batcher.steps_per_epoch

@@ -312,13 +312,24 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     )
     with pytest.raises(
         train.NonFiniteLossError, match=r"non-finite training loss .* at step (\d+)"
-    ):
+    ) as error:
         train.train_and_evaluate(c, str(tmp_path / "wd"))
+    # step s's loss is the loss of checkpoint s - 1's parameters: set aside
+    bad = error.value.step - 1
+    assert (tmp_path / "wd" / "checkpoints-damaged" / str(bad)).is_dir()
     ckpt = checkpoint.Checkpointer(tmp_path / "wd" / "checkpoints", read_only=True)
     last = ckpt.latest_step()
-    assert last is not None and last >= 1
-    _, state = final_params(tmp_path / "wd")
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+    assert last is None or last < bad
+    if last is not None:
+        _, state = final_params(tmp_path / "wd")
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+        assert f"step {last}, is kept" in str(error.value)
+    # the advice, followed: same workdir, a lower learning rate and clipping
+    message = str(error.value)
+    assert "--config.optim.learning_rate" in message and "--config.optim.clip_value=1" in message
+    c.optim.learning_rate, c.optim.clip_mode, c.optim.clip_value = 1e-3, "global_norm", 1.0
+    summary = train.train_and_evaluate(c, str(tmp_path / "wd"))
+    assert summary["start_step"] == (last or 0) and summary["final_step"] == 50
 
 
 # ---------------------------------------------------------------------------
