@@ -164,6 +164,15 @@ def _val_loss(metrics: dict | None) -> float:
     return float(value) if isinstance(value, int | float) else math.inf
 
 
+def _short(error: Exception) -> str:
+    """An orbax/TensorStore error in one short line (the OS's words where given)."""
+    text = " ".join(str(error).split())
+    for os_error in ("No space left on device", "Disk quota exceeded", "Read-only file system"):
+        if os_error in text:
+            return os_error
+    return text[:300]
+
+
 class Checkpointer:
     def __init__(self, directory: str | pathlib.Path, keep: int = 2, *, read_only: bool = False):
         self.directory = pathlib.Path(directory).absolute()
@@ -297,7 +306,11 @@ class Checkpointer:
                 force=True,
             )
         except Exception as e:
-            raise CheckpointError(f"cannot save checkpoint {self.step_dir(step)}: {e}") from e
+            self.remove_partial()
+            raise CheckpointError(
+                f"cannot save checkpoint {self.step_dir(step)} ({_short(e)}); the earlier "
+                f"checkpoints are kept: {self.steps_on_disk()}"
+            ) from e
         self._in_flight = step
 
     def wait_until_finished(self) -> None:
@@ -307,9 +320,11 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except Exception as e:
+            self.remove_partial()
             raise CheckpointError(
-                f"writing checkpoint {self.step_dir(step)} failed: {e}; the earlier "
-                f"checkpoints are kept"
+                f"writing checkpoint {self.step_dir(step)} failed ({_short(e)}); the earlier "
+                f"checkpoints are kept: {self.steps_on_disk()}. Free the space or fix the disk, "
+                "then rerun the same command to resume"
             ) from e
         # orbax raises a background failure once; a second look at the disk
         # catches one it only logged (one process: with several, only the
@@ -319,6 +334,23 @@ class Checkpointer:
                 f"writing checkpoint {self.step_dir(step)} failed (orbax logged why); the "
                 f"earlier checkpoints are kept: {[s for s in self.all_steps() if s != step]}"
             )
+
+    def steps_on_disk(self) -> list[int]:
+        """The finished checkpoints in the directory, read from the disk itself."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
+    def remove_partial(self) -> list[pathlib.Path]:
+        """Deletes the temporary directories of saves that did not finish
+        (orbax's `*.orbax-checkpoint-tmp*`), so a failed save holds no space.
+        Process 0 only: the workdir lock means no other run is writing here."""
+        if jax.process_index() != 0 or not self.directory.is_dir():
+            return []
+        partial = [p for p in self.directory.iterdir() if ".orbax-checkpoint-tmp" in p.name]
+        for p in partial:
+            shutil.rmtree(p, ignore_errors=True)
+        return partial
 
     def close(self) -> None:
         """Waits for the last save, then releases orbax's threads."""

@@ -12,10 +12,13 @@ a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from lstm_jax.checkpoint import CheckpointError
 
@@ -35,6 +38,9 @@ USER_ERRORS = (
     CheckpointError,
 )
 
+# A full or failing disk: the user's to fix, reported in one line like a user error.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+
 FLAGS = flags.FLAGS
 
 
@@ -43,6 +49,22 @@ def message(error: BaseException) -> str:
     if isinstance(error, KeyError) and len(error.args) == 1:
         return str(error.args[0])
     return str(error)
+
+
+class _DropLibraryTracebacks(logging.Filter):
+    """Drops the error reports that orbax's background threads and asyncio log
+    with tracebacks: the CLI re-raises each such failure as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        library = "/orbax/" in record.pathname or record.name == "asyncio"
+        return not (library and record.levelno >= logging.ERROR)
+
+
+def quiet_library_errors() -> None:
+    """Install `_DropLibraryTracebacks` on absl's and asyncio's log output."""
+    drop = _DropLibraryTracebacks()
+    absl_logging.get_absl_handler().addFilter(drop)
+    logging.getLogger("asyncio").addFilter(drop)
 
 
 def fail(text: str, code: int = EXIT_USER_ERROR, *, program: str | None = None) -> None:
@@ -79,12 +101,21 @@ def run(main: Callable[[list[str]], None], *, required: Sequence[str], program: 
     flags.mark_flags_as_required(list(required))
 
     def guarded(argv: list[str]) -> None:
+        if not FLAGS.verbose:
+            quiet_library_errors()
         try:
             main(argv)
-        except USER_ERRORS as e:
-            if FLAGS.verbose:
+        except (*USER_ERRORS, OSError) as e:
+            if FLAGS.verbose or not (isinstance(e, USER_ERRORS) or e.errno in DISK_ERRORS):
                 raise
-            print(f"{program}: error: {message(e)}\n{_HINT}", file=sys.stderr, flush=True)
+            text = message(e)
+            if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+                where = f" ({e.filename})" if e.filename else ""
+                text = (
+                    f"{e.strerror}{where}; free the space or fix the disk, then rerun the "
+                    "same command (a training run resumes from its newest checkpoint)"
+                )
+            print(f"{program}: error: {text}\n{_HINT}", file=sys.stderr, flush=True)
             # The error is reported: keep reads it abandoned (orbax's coroutines,
             # collected at exit) from printing their own tracebacks after it.
             sys.unraisablehook = lambda unraisable: None

@@ -49,16 +49,18 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
 def write_jsonl_atomically(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
     """Replaces `path` by `rows` all at once: a temporary file in the same
     directory, then a rename, so a crash leaves the old file or the new one."""
-    with tempfile.NamedTemporaryFile(
+    f = tempfile.NamedTemporaryFile(  # noqa: SIM115 (removed below if anything fails)
         "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    )
     try:
+        with f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(f.name, path)
-    except BaseException:
-        os.unlink(f.name)
+    except BaseException:  # a full disk, say: leave no half-written file behind
+        with contextlib.suppress(OSError):
+            os.unlink(f.name)
         raise
 
 
