@@ -784,6 +784,10 @@ def restore(workdir: str | pathlib.Path, checkpoint: str | int = "latest") -> Re
     checked against the saved embedding/readout shapes.
     """
     workdir = pathlib.Path(workdir)
+    if workdir.is_symlink() and not workdir.exists():
+        raise CheckpointError(
+            f"workdir {workdir} is a symbolic link to {workdir.readlink()}, which does not exist"
+        )
     if not workdir.is_dir():
         raise CheckpointError(f"workdir {workdir} does not exist")
     ckpt_dir = workdir / "checkpoints"

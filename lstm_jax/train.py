@@ -458,6 +458,11 @@ def has_checkpoint(workdir: pathlib.Path) -> bool:
 def check_workdir(workdir: pathlib.Path) -> None:
     """A workdir must be a directory we can write (or a path we can create)."""
     for p in (workdir, *workdir.parents):
+        if p.is_symlink() and not p.exists():
+            raise NotADirectoryError(
+                f"--workdir {workdir}: {p} is a symbolic link to {p.readlink()}, which does not "
+                "exist; create that directory, or pick another --workdir"
+            )
         if p.exists():
             if not p.is_dir():
                 raise NotADirectoryError(

@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 
-from lstm_jax import train
+from lstm_jax import config as config_lib
+from lstm_jax import sample, train
 from lstm_jax.checkpoint import CheckpointError, DamagedCheckpointError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -79,3 +80,30 @@ def test_meta_fields_are_checked(workdir):
     path.write_text(json.dumps(meta))
     with pytest.raises(DamagedCheckpointError, match="malformed: data_state"):
         train.train_and_evaluate(smoke(**{"train.num_steps": 6}), str(workdir))
+
+
+def test_a_dangling_workdir_link_is_named(tmp_path):
+    link = tmp_path / "wd"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(NotADirectoryError, match="symbolic link to .*gone, which does not exist"):
+        train.check_workdir(link)
+    with pytest.raises(CheckpointError, match="symbolic link to .*gone, which does not exist"):
+        sample.restore(link)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("eval_every", -5),
+        ("checkpoint_every", -1),
+        ("keep_checkpoints", -1),
+        ("keep_checkpoints", 0),
+        ("max_eval_batches", -1),
+        ("sample_length", -3),
+        ("watchdog_s", -1),
+    ],
+)
+def test_counts_and_intervals_refuse_bad_values(field, value):
+    c = smoke(**{f"train.{field}": value})
+    with pytest.raises(ValueError, match=f"train.{field} must be >= "):
+        config_lib.validate(c)
