@@ -16,6 +16,11 @@ is chosen by name (`model.impl` in a config):
   "cudnn"        cudnn.py: cuDNN's LSTM on a CUDA GPU; elsewhere "fused"
   "onednn"       onednn.py: oneDNN's LSTM primitive on CPU (optional `.[onednn]`);
                  elsewhere "fused"
+  "auto"         the library's default, resolved by `resolve_impl`: "cudnn" on a
+                 CUDA GPU, "onednn" on the CPU where it is installed, else "fused"
+
+Variable-length rows (`seq_lengths`) and reversed rows run through
+lengths.py on top of any of these.
 
 A fast path that cannot compute a layer exactly runs another exact one and says
 so once per reason (a `fallback.LayerFallbackWarning`): onednn -> fused,
@@ -28,6 +33,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+import jax
+from absl import logging
 
 from lstm_jax.layers import cudnn, fused, onednn, scan
 from lstm_jax.layers.fallback import LayerFallbackWarning
@@ -42,11 +50,46 @@ LAYER_IMPLS: dict[str, LayerFn] = {
 }
 
 
+AUTO = "auto"
+_resolved: dict[str, str] = {}  # backend -> what "auto" means there, logged once
+
+
+def resolve_impl(name: str) -> str:
+    """`name`, or for "auto" the fastest exact layer here: "cudnn" on a CUDA
+    GPU, "onednn" on the CPU when its wheels are installed, else "fused". The
+    one place "auto" is decided; logged once per backend."""
+    if name != AUTO:
+        get_layer_impl(name)  # an unknown name lists the valid ones
+        return name
+    backend = jax.default_backend()
+    if backend not in _resolved:
+        if cudnn.cudnn_available():
+            _resolved[backend] = "cudnn"
+        elif backend == "cpu" and onednn.installed():
+            _resolved[backend] = "onednn"
+        else:
+            _resolved[backend] = "fused"
+        logging.info('layer impl "auto" is "%s" on %s', _resolved[backend], backend)
+    return _resolved[backend]
+
+
 def get_layer_impl(name: str) -> LayerFn:
-    """The layer implementation called `name`; an unknown name lists the valid ones."""
+    """The layer implementation called `name` ("auto": `resolve_impl`); an
+    unknown name lists the valid ones."""
+    if name == AUTO:
+        name = resolve_impl(name)
     if name not in LAYER_IMPLS:
-        raise ValueError(f"unknown layer implementation {name!r}; valid: {sorted(LAYER_IMPLS)}")
+        raise ValueError(
+            f"unknown layer implementation {name!r}; valid: {sorted([*LAYER_IMPLS, AUTO])}"
+        )
     return LAYER_IMPLS[name]
 
 
-__all__ = ["LAYER_IMPLS", "LayerFallbackWarning", "LayerFn", "get_layer_impl"]
+__all__ = [
+    "AUTO",
+    "LAYER_IMPLS",
+    "LayerFallbackWarning",
+    "LayerFn",
+    "get_layer_impl",
+    "resolve_impl",
+]

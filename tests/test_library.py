@@ -1,0 +1,183 @@
+"""The library surface against Flax's own layer: `lstm_jax.linen.LSTM` with the
+variables of `nn.RNN(nn.OptimizedLSTMCell(H))` gives Flax's outputs, carry and
+gradients, in float64, for every option and the CPU implementations; the
+functional API (`lstm_jax.apply_layers`) likewise."""
+
+from __future__ import annotations
+
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lstm_jax
+from lstm_jax import layers
+from lstm_jax import linen as lj
+from lstm_jax.layers import fallback
+
+B, T, D, H = 5, 9, 3, 4
+LENGTHS = np.array([9, 4, 1, 7, 9])  # the full length, length 1 and others
+IMPLS = ["scan", "fused"]
+OPTIONS = {
+    "plain": {},
+    "seq_lengths": {"seq_lengths": LENGTHS},
+    "reverse": {"reverse": True},
+    "reverse+seq_lengths": {"reverse": True, "seq_lengths": LENGTHS},
+    "reverse+keep_order+seq_lengths": {
+        "reverse": True,
+        "keep_order": True,
+        "seq_lengths": LENGTHS,
+    },
+    "time_major": {"time_major": True},
+}
+TOL = dict(rtol=0, atol=1e-12)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)
+
+
+def flax_layer(**kw) -> nn.RNN:
+    return nn.RNN(nn.OptimizedLSTMCell(H, param_dtype=jnp.float64), return_carry=True, **kw)
+
+
+def inputs(time_major=False):
+    x = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+    return jnp.swapaxes(x, 0, 1) if time_major else x
+
+
+def valid(options, time_major=False) -> np.ndarray:
+    """[B, T, 1] (or [T, B, 1]) True at the real steps: the outputs compared."""
+    lengths = options.get("seq_lengths", np.full(B, T))
+    mask = np.arange(T)[None, :, None] < lengths[:, None, None]
+    return np.swapaxes(mask, 0, 1) if time_major else mask
+
+
+def test_the_variables_and_their_initial_values_are_flax_s():
+    x = inputs()
+    theirs = flax_layer().init(jax.random.key(0), x)
+    ours = lj.LSTM(H, impl="scan", param_dtype=jnp.float64).init(jax.random.key(0), x)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_outputs_carry_and_gradients_equal_flax_s(impl, name):
+    options = dict(OPTIONS[name])
+    time_major = options.pop("time_major", False)
+    x = inputs(time_major)
+    variables = flax_layer(time_major=time_major).init(jax.random.key(0), x)
+    mask = jnp.asarray(valid(options, time_major), jnp.float64)
+    ours = lj.LSTM(H, impl=impl, return_carry=True, time_major=time_major)
+    theirs = flax_layer(time_major=time_major)
+
+    def loss(layer, variables, x):
+        (c, h), ys = layer.apply(variables, x, **options)
+        weights = jnp.arange(1.0, 1.0 + ys.size).reshape(ys.shape) / ys.size
+        return jnp.sum(ys * mask * weights) + jnp.sum(c * 0.3) + jnp.sum(h * 0.7), (c, h, ys)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(1, 2), has_aux=True), static_argnums=0)
+    (_, (c1, h1, y1)), g1 = grad(ours, variables, x)
+    (_, (c2, h2, y2)), g2 = grad(theirs, variables, x)
+    np.testing.assert_allclose(c1, c2, **TOL)
+    np.testing.assert_allclose(h1, h2, **TOL)
+    np.testing.assert_allclose(y1 * mask, y2 * mask, **TOL)
+    assert not np.any(np.asarray(y1) * (1 - np.asarray(mask)))  # padding outputs are zero
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_padding_never_changes_the_carry():
+    x = inputs()
+    variables = flax_layer().init(jax.random.key(0), x)
+    layer = lj.LSTM(H, impl="fused", return_carry=True)
+    garbage = jnp.where(jnp.asarray(valid({"seq_lengths": LENGTHS})), x, 1e3)
+    (c1, h1), y1 = layer.apply(variables, x, seq_lengths=LENGTHS)
+    (c2, h2), y2 = layer.apply(variables, garbage, seq_lengths=LENGTHS)
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(h1, h2)
+    np.testing.assert_array_equal(y1, y2)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_an_initial_carry_with_lengths_runs_exactly(impl):
+    x = inputs()
+    variables = flax_layer().init(jax.random.key(0), x)
+    k1, k2 = jax.random.split(jax.random.key(3))
+    carry = (jax.random.normal(k1, (B, H), jnp.float64), jax.random.normal(k2, (B, H)))
+    theirs = flax_layer().apply(variables, x, initial_carry=carry, seq_lengths=LENGTHS)
+    fallback._warned.clear()  # each reason is said once per process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = lj.LSTM(H, impl=impl, return_carry=True).apply(
+            variables, x, initial_carry=carry, seq_lengths=LENGTHS
+        )
+    fell_back = [w for w in caught if issubclass(w.category, layers.LayerFallbackWarning)]
+    assert len(fell_back) == (impl != "scan")  # the fast path says it ran the masked scan
+    np.testing.assert_allclose(ours[0][0], theirs[0][0], **TOL)
+    np.testing.assert_allclose(ours[0][1], theirs[0][1], **TOL)
+    mask = valid({"seq_lengths": LENGTHS})
+    np.testing.assert_allclose(ours[1] * mask, theirs[1] * mask, **TOL)
+
+
+@pytest.mark.parametrize("num_layers", [2, 3])
+def test_a_stack_equals_flax_layers_in_sequence(num_layers):
+    x = inputs()
+    ours = lj.LSTM(H, num_layers=num_layers, impl="fused", return_carry=True)
+    variables = ours.init(jax.random.key(0), x)
+    carries, ys = ours.apply(variables, x, seq_lengths=LENGTHS)
+    h = x
+    for i in range(num_layers):
+        layer_vars = {"params": variables["params"][f"layers_{i}"]}
+        (c, hh), h = flax_layer().apply(layer_vars, h, seq_lengths=LENGTHS)
+        np.testing.assert_allclose(carries[i][0], c, **TOL)
+        np.testing.assert_allclose(carries[i][1], hh, **TOL)
+        h = h * valid({"seq_lengths": LENGTHS})  # ours: zero past the length
+    np.testing.assert_allclose(ys, h, **TOL)
+
+
+def test_flax_bidirectional_takes_ours():
+    x = inputs()
+    theirs = nn.Bidirectional(
+        nn.RNN(nn.OptimizedLSTMCell(H, param_dtype=jnp.float64)),
+        nn.RNN(nn.OptimizedLSTMCell(H, param_dtype=jnp.float64)),
+    )
+    ours = nn.Bidirectional(lj.LSTM(H, impl="fused"), lj.LSTM(H, impl="fused"))
+    variables = theirs.init(jax.random.key(0), x)
+    assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(variables)
+    mask = valid({"seq_lengths": LENGTHS})
+    y1 = ours.apply(variables, x, seq_lengths=LENGTHS)
+    y2 = theirs.apply(variables, x, seq_lengths=LENGTHS)
+    np.testing.assert_allclose(y1 * mask, y2 * mask, **TOL)
+
+
+def test_vmap_over_a_batch_of_sequences():
+    x = inputs()
+    variables = flax_layer().init(jax.random.key(0), x)
+    layer = lj.LSTM(H, impl="fused")
+    one = jax.vmap(lambda xi, n: layer.apply(variables, xi[None], seq_lengths=n[None])[0])
+    np.testing.assert_allclose(
+        one(x, jnp.asarray(LENGTHS)), layer.apply(variables, x, seq_lengths=LENGTHS), **TOL
+    )
+
+
+def test_the_public_api():
+    assert {"apply_layers", "init_layers", "make_cell", "LAYER_IMPLS", "resolve_impl"} <= set(
+        lstm_jax.__all__
+    )
+    assert all(hasattr(lstm_jax, name) for name in lstm_jax.__all__)
+    assert layers.resolve_impl("auto") in ("cudnn", "onednn", "fused")
+    with pytest.raises(ValueError, match="valid: .*'auto'"):
+        layers.resolve_impl("fast")
+    cell = lstm_jax.make_cell("lstm")
+    params = lstm_jax.init_layers(jax.random.key(0), cell, D, H, num_layers=2)
+    carries, ys = lstm_jax.apply_layers(cell, params, inputs(), seq_lengths=LENGTHS, impl="fused")
+    assert ys.shape == (B, T, H) and len(carries) == 2
