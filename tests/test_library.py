@@ -181,3 +181,94 @@ def test_the_public_api():
     params = lstm_jax.init_layers(jax.random.key(0), cell, D, H, num_layers=2)
     carries, ys = lstm_jax.apply_layers(cell, params, inputs(), seq_lengths=LENGTHS, impl="fused")
     assert ys.shape == (B, T, H) and len(carries) == 2
+
+
+# ---------------------------------------------------------------------------
+# NNX
+
+
+def nnx_rnn(cell_type, **kw):
+    from flax import nnx
+
+    cell = cell_type(D, H, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    return nnx.RNN(cell, return_carry=True, **kw)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_nnx_equals_nnx_rnn(impl, name):
+    from flax import nnx
+
+    from lstm_jax import nnx as ljx
+
+    options = dict(OPTIONS[name])
+    time_major = options.pop("time_major", False)
+    x = inputs(time_major)
+    theirs = nnx_rnn(nnx.OptimizedLSTMCell, time_major=time_major)
+    ours = ljx.LSTM(
+        D,
+        H,
+        rngs=nnx.Rngs(0),
+        param_dtype=jnp.float64,
+        impl=impl,
+        return_carry=True,
+        time_major=time_major,
+    )
+    # the same constructor arguments give the same initial values
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(ours.cell, nnx.Param)),
+        jax.tree.leaves(nnx.state(theirs.cell, nnx.Param)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    mask = valid(options, time_major)
+    (c1, h1), y1 = ours(x, **options)
+    (c2, h2), y2 = theirs(x, **options)
+    np.testing.assert_allclose(c1, c2, **TOL)
+    np.testing.assert_allclose(h1, h2, **TOL)
+    np.testing.assert_allclose(y1 * mask, y2 * mask, **TOL)
+
+
+@pytest.mark.parametrize("cell_name", ["OptimizedLSTMCell", "LSTMCell"])
+def test_nnx_conversion_from_flax_rnn(cell_name):
+    from flax import nnx
+
+    from lstm_jax import nnx as ljx
+
+    theirs = nnx_rnn(getattr(nnx, cell_name), reverse=True)
+    ours = ljx.LSTM.from_rnn(theirs, impl="fused")
+    x = inputs()
+    (c1, h1), y1 = ours(x, seq_lengths=LENGTHS)
+    (c2, h2), y2 = theirs(x, seq_lengths=LENGTHS)
+    mask = valid({"seq_lengths": LENGTHS})
+    np.testing.assert_allclose(c1, c2, **TOL)
+    np.testing.assert_allclose(h1, h2, **TOL)
+    np.testing.assert_allclose(y1 * mask, y2 * mask, **TOL)
+
+    def loss(model):
+        (c, h), ys = model(x, seq_lengths=LENGTHS)
+        return jnp.sum(ys * mask) + jnp.sum(c) + jnp.sum(h)
+
+    g1 = nnx.grad(loss)(ours)
+    g2 = nnx.grad(loss)(theirs)
+    if cell_name == "OptimizedLSTMCell":  # the same parameter tree
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+            np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_nnx_bidirectional_takes_ours():
+    from flax import nnx
+
+    from lstm_jax import nnx as ljx
+
+    def ours(seed):
+        return ljx.LSTM(D, H, rngs=nnx.Rngs(seed), param_dtype=jnp.float64, impl="fused")
+
+    def theirs(seed):
+        return nnx.RNN(nnx.OptimizedLSTMCell(D, H, param_dtype=jnp.float64, rngs=nnx.Rngs(seed)))
+
+    x = inputs()
+    mask = valid({"seq_lengths": LENGTHS})
+    y1 = nnx.Bidirectional(ours(0), ours(1))(x, seq_lengths=LENGTHS)
+    y2 = nnx.Bidirectional(theirs(0), theirs(1))(x, seq_lengths=LENGTHS)
+    np.testing.assert_allclose(y1 * mask, y2 * mask, **TOL)
