@@ -48,3 +48,15 @@ def test_childrens_book_runs_end_to_end(tmp_path):
     results = childrens_book.main(["--outdir", str(tmp_path)])
     assert (tmp_path / "lstm_gates.png").stat().st_size > 0
     assert results
+
+
+def test_spell_school_classifier_learns_from_the_descriptions():
+    """The NNX example (lstm_jax.tutorials.spell_school): a bidirectional
+    LSTM of the library's layers over variable-length descriptions beats the
+    majority class by far, as the bag-of-words baseline does."""
+    from lstm_jax.tutorials import spell_school
+
+    result = spell_school.run(spell_school.parse_args([]))
+    assert result["test_spells"] == 68 and result["train_spells"] == 271
+    assert result["bilstm_accuracy"] > 2 * result["majority_accuracy"], result
+    assert result["bag_of_words_accuracy"] > 2 * result["majority_accuracy"], result

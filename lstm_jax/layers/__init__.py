@@ -54,13 +54,17 @@ AUTO = "auto"
 _resolved: dict[str, str] = {}  # backend -> what "auto" means there, logged once
 
 
-def resolve_impl(name: str) -> str:
+def resolve_impl(name: str, *, reset_mask: bool = False) -> str:
     """`name`, or for "auto" the fastest exact layer here: "cudnn" on a CUDA
-    GPU, "onednn" on the CPU when its wheels are installed, else "fused". The
-    one place "auto" is decided; logged once per backend."""
+    GPU, "onednn" on the CPU when its wheels are installed, else "fused";
+    "fused" wherever the call needs a mid-sequence `reset_mask` (as
+    variable-length rows do), which neither vendor primitive has. The one
+    place "auto" is decided; logged once per backend."""
     if name != AUTO:
         get_layer_impl(name)  # an unknown name lists the valid ones
         return name
+    if reset_mask:
+        return "fused"
     backend = jax.default_backend()
     if backend not in _resolved:
         if cudnn.cudnn_available():
