@@ -272,3 +272,47 @@ def test_nnx_bidirectional_takes_ours():
     y1 = nnx.Bidirectional(ours(0), ours(1))(x, seq_lengths=LENGTHS)
     y2 = nnx.Bidirectional(theirs(0), theirs(1))(x, seq_lengths=LENGTHS)
     np.testing.assert_allclose(y1 * mask, y2 * mask, **TOL)
+
+
+# ---------------------------------------------------------------------------
+# The vendor layers, which compute in float32: oneDNN (built on first use with
+# g++, so in the slow tier) and cuDNN (on a CUDA GPU only).
+
+F32_TOL = dict(rtol=0, atol=2e-5)
+
+
+def float32_case(impl: str, options: dict):
+    jax.config.update("jax_enable_x64", False)
+    x = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float32)
+    theirs = nn.RNN(nn.OptimizedLSTMCell(H), return_carry=True)
+    variables = theirs.init(jax.random.key(0), x)
+    mask = valid(options)
+
+    def loss(layer, variables, x):
+        (c, h), ys = layer.apply(variables, x, **options)
+        return jnp.sum(ys * mask) + jnp.sum(c) + jnp.sum(h), (c, h, ys)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(1, 2), has_aux=True), static_argnums=0)
+    (_, (c1, h1, y1)), g1 = grad(lj.LSTM(H, impl=impl, return_carry=True), variables, x)
+    (_, (c2, h2, y2)), g2 = grad(theirs, variables, x)
+    np.testing.assert_allclose(c1, c2, **F32_TOL)
+    np.testing.assert_allclose(h1, h2, **F32_TOL)
+    np.testing.assert_allclose(y1 * mask, y2 * mask, **F32_TOL)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, **F32_TOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["plain", "reverse", "seq_lengths"])
+def test_onednn_equals_flax_in_float32(name):
+    from lstm_jax.layers import onednn
+
+    if not onednn.installed():
+        pytest.skip("oneDNN's wheels are not installed (the [onednn] extra)")
+    float32_case("onednn", OPTIONS[name])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["plain", "reverse", "seq_lengths", "reverse+seq_lengths"])
+def test_cudnn_equals_flax_in_float32(name):
+    float32_case("cudnn", OPTIONS[name])
