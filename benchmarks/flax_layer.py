@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from lstm_jax import host
 from lstm_jax import linen as lj
 from lstm_jax.bench import TRAIN_CONFIGS, Shape
 
@@ -32,6 +33,12 @@ flags.DEFINE_list("shapes", ["char_rnn", "seeds", "dnd_word"], "Names in TRAIN_C
 flags.DEFINE_list("impls", ["fused", "onednn"], "Our layer implementations to time.")
 flags.DEFINE_integer("steps", 20, "Timed steps per turn.")
 flags.DEFINE_integer("turns", 5, "Turns of each model (the median is over turns).")
+flags.DEFINE_bool(
+    "retain_freed_memory",
+    True,
+    "glibc keeps freed memory between steps, for both models, as the train CLI does "
+    "(lstm_jax/host.py).",
+)
 
 
 class LanguageModel(nn.Module):
@@ -97,8 +104,12 @@ def compare(shape: Shape, impl: str) -> dict:
 
 def main(argv):
     del argv
+    kept = FLAGS.retain_freed_memory and host.retain_freed_memory()  # before JAX's threads
     device = jax.devices()[0]
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind})")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}); glibc "
+        f"keeps freed memory: {bool(kept)}"
+    )
     print("| shape (V, E, HxL, B, T) | our impl | Flax nn.RNN tok/s | ours tok/s | ours / Flax |")
     print("|---|---|--:|--:|--:|")
     for name in FLAGS.shapes:
