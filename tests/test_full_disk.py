@@ -7,13 +7,11 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import subprocess
-import sys
 
+import helpers
 import pytest
 
 pytestmark = pytest.mark.slow
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -32,21 +30,15 @@ def small_disk(tmp_path):
 
 def train(workdir: pathlib.Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lstm_jax.train",
-            "--config",
-            "configs/dnd.py:smoke",
-            "--workdir",
-            str(workdir),
+        helpers.train_cli(
+            workdir,
             "--config.train.progress=false",
             "--config.train.num_steps=100",
             "--config.train.checkpoint_every=5",
             "--config.train.eval_every=0",
             "--config.train.sample_length=0",
-        ],
-        cwd=ROOT,
+        ),
+        cwd=helpers.ROOT,
         capture_output=True,
         text=True,
         timeout=300,

@@ -8,25 +8,24 @@ import json
 import pathlib
 import shutil
 
+import helpers
 import pytest
 
 from lstm_jax import config as config_lib
 from lstm_jax import sample, train
 from lstm_jax.checkpoint import CheckpointError, DamagedCheckpointError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+BASE = {
+    "train.progress": False,
+    "train.eval_every": 0,
+    "train.checkpoint_every": 2,
+    "train.num_steps": 4,
+    "train.keep_checkpoints": 3,
+}
 
 
 def smoke(**overrides):
-    namespace: dict = {}
-    exec(compile((ROOT / "configs" / "dnd.py").read_text(), "dnd.py", "exec"), namespace)
-    c = namespace["get_config"]("smoke")
-    c.train.progress, c.train.eval_every, c.train.checkpoint_every = False, 0, 2
-    c.train.num_steps, c.train.keep_checkpoints = 4, 3
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        c[section][field] = value
-    return c
+    return helpers.smoke(**{**BASE, **overrides})
 
 
 @pytest.fixture(scope="module")

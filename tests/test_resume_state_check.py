@@ -4,25 +4,16 @@ checkpoint; the workdir's config.json is left as it was."""
 
 from __future__ import annotations
 
-import pathlib
-
+import helpers
 import pytest
 
 from lstm_jax import train
 from lstm_jax.checkpoint import CheckpointError, DamagedCheckpointError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 def smoke(**overrides):
-    namespace: dict = {}
-    exec(compile((ROOT / "configs" / "dnd.py").read_text(), "dnd.py", "exec"), namespace)
-    c = namespace["get_config"]("smoke")
-    c.train.num_steps, c.train.progress, c.train.eval_every = 4, False, 0
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        c[section][field] = value
-    return c
+    base = {"train.num_steps": 4, "train.progress": False, "train.eval_every": 0}
+    return helpers.smoke(**{**base, **overrides})
 
 
 @pytest.mark.parametrize(

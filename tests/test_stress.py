@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import pytest
 from test_distributed import ROOT, cli_overrides, run_local, subprocess_env
 
@@ -26,16 +27,7 @@ LOOP_STEPS = 60
 
 
 def train_command(workdir: pathlib.Path, **overrides) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "lstm_jax.train",
-        "--config",
-        "configs/dnd.py:smoke",
-        "--workdir",
-        str(workdir),
-        *cli_overrides(**overrides),
-    ]
+    return helpers.train_cli(workdir, *cli_overrides(**overrides))
 
 
 def cache_files(directory: pathlib.Path) -> set[str]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
+import helpers
 import pytest
 
 from lstm_jax import train
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = helpers.ROOT
 
 
 def test_a_held_workdir_is_refused_and_freed_on_close(tmp_path):
@@ -29,17 +29,9 @@ def test_a_second_trainer_exits_2_while_the_first_runs(tmp_path, attempt):
     """The race, for real: the second CLI starts while the first trains; it
     exits 2 with one line, and the first finishes untouched."""
     wd = tmp_path / "wd"
-    cmd = [
-        sys.executable,
-        "-m",
-        "lstm_jax.train",
-        "--config",
-        "configs/dnd.py:smoke",
-        "--workdir",
-        str(wd),
-        "--config.train.progress=false",
-        "--config.train.checkpoint_every=20",
-    ]
+    cmd = helpers.train_cli(
+        wd, "--config.train.progress=false", "--config.train.checkpoint_every=20"
+    )
     first = subprocess.Popen(
         [*cmd, "--config.train.num_steps=400"],
         cwd=ROOT,
