@@ -361,17 +361,18 @@ def check_beam_options(
     top_k: int = 0,
 ) -> None:
     """The errors a user gets for bad beam-search options, before any compute
-    (`vocab_size` None: the vocabulary is not known yet). Beam 0 or 1 means
-    no beam search (sampling as without --beam); then only a length penalty
-    other than the default is refused, as it would do nothing."""
+    (`vocab_size` None: the vocabulary is not known yet). Beam 0 means no
+    beam search (sampling); beam 1 is the one-beam search, which is greedy
+    decoding (as Hugging Face's num_beams=1). With beam 0 only a length
+    penalty other than the default is refused, as it would do nothing."""
     if beam < 0:
-        raise ValueError(f"beam must be >= 0 (0 or 1 = no beam search), got {beam}")
+        raise ValueError(f"beam must be >= 0 (0 = no beam search), got {beam}")
     _check_length_penalty(length_penalty)
-    if beam < 2:
+    if beam == 0:
         if length_penalty != 1.0:
             raise ValueError(
                 f"length_penalty {length_penalty:g} applies to beam search only; add --beam N "
-                "(N >= 2)"
+                "(N >= 1)"
             )
         return
     if greedy:
@@ -671,7 +672,7 @@ def make_sampler(
     model = sampling_model(model)
 
     def sampler(params: Params, key: Array) -> SampleResult:
-        if beam >= 2:
+        if beam >= 1:
             beams = beam_search(
                 model,
                 params,
@@ -889,7 +890,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens only (0 = all).")
     flags.DEFINE_bool("greedy", False, "Take the most likely token at every step (argmax).")
     flags.DEFINE_integer(
-        "beam", 0, "Beam search with N >= 2 beams (deterministic); 0 or 1 = sample instead."
+        "beam", 0, "Beam search with N beams (deterministic; 1 = greedy decoding); 0 = sample."
     )
     flags.DEFINE_float(
         "length_penalty",
@@ -1031,7 +1032,7 @@ def main(argv: list[str]) -> None:
             "predates them); its params are loaded unverified",
             file=sys.stderr,
         )
-    if FLAGS.beam >= 2:
+    if FLAGS.beam >= 1:
         print(
             f"sampling: beam search, {FLAGS.beam} beams, length penalty {FLAGS.length_penalty:g} "
             f"(deterministic: the seed is not used); the best {FLAGS.num_samples} x up to "

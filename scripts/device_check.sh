@@ -62,7 +62,7 @@ else
   TRAIN_CONFIG=configs/dnd.py
   TRAIN_TIMEOUT=120
   SAMPLE_ARGS=(--num_samples 64 --length 200)
-  # sampling first, then the configs of the goals, the headline ones first
+  # sampling first, then the configs of the GPU goals (docs/performance.md), headline first
   BENCH_ARGS=(--configs sample,seeds,dnd_word,gpu_2x1024,char_rnn,gpu_2x650
     --impls fused,cudnn,fused_bf16)
 fi

@@ -251,7 +251,7 @@ def char_model():
 @pytest.mark.parametrize(
     "options,match",
     [
-        ({"beam": -1}, r"beam must be >= 0 \(0 or 1 = no beam search\), got -1"),
+        ({"beam": -1}, r"beam must be >= 0 \(0 = no beam search\), got -1"),
         ({"beam": 3, "greedy": True}, "does not combine with greedy"),
         ({"beam": 3, "temperature": 0.7}, "temperature and top_k are for sampling"),
         ({"beam": 3, "top_k": 2}, "temperature and top_k are for sampling"),
@@ -277,7 +277,17 @@ def test_beam_search_function_checks_its_arguments():
         sample.beam_search(model, params, [0], 10, 2)
     with pytest.raises(ValueError, match="stop_id 3 out of range"):
         sample.beam_search(model, params, [0], 2, 2, stop_id=3)
-    # beam 1 and 0 are today's sampling; beam 16 fits 4**2 continuations.
+    # beam 0 samples, beam 1 is greedy; beam 16 fits 4**2 continuations.
     model, tok = char_model()
     for beam in (0, 1, 16):
         sample.make_sampler(model, tok, length=2, beam=beam)
+
+
+def test_the_sampler_with_one_beam_decodes_greedily():
+    """`--beam 1` is the one-beam search, i.e. greedy decoding (Hugging Face's
+    num_beams=1), not a random sample as it once was."""
+    model, tok = char_model()
+    params = model.init(jax.random.key(3))
+    one_beam = sample.make_sampler(model, tok, length=12, beam=1)(params, jax.random.key(0))
+    greedy = sample.make_sampler(model, tok, length=12, greedy=True)(params, jax.random.key(1))
+    assert one_beam.samples[0].text == greedy.samples[0].text

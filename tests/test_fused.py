@@ -249,7 +249,7 @@ def test_cudnn_fallback_warns_once_per_reason(monkeypatch):
 
 def test_bench_cli_and_json_rows():
     """The benchmark's plumbing (no timing): options, the JSON row, the FLOP
-    count behind the roofline column (the issue's ~20 MFLOP per seeds token)."""
+    count behind the roofline column (~20 MFLOP per token at the course-project size)."""
     from lstm_jax import bench
 
     with pytest.raises(SystemExit):

@@ -1,4 +1,4 @@
-"""Research ablations I (issue 6): gradient flow, the Pascanu cliff, the LSTM
+"""Research ablations I: gradient flow, the Pascanu cliff, the LSTM
 memory cell, clipping. Each tool's `:smoke` config runs end to end, and the
 tests check the physics, not only that files appear."""
 

@@ -1,4 +1,4 @@
-"""Research ablations on vanishing and exploding gradients (issue 6).
+"""Research ablations on vanishing and exploding gradients (docs/research_gradients.md).
 
 Each tool is a module with `run(config, workdir) -> dict` and a CLI
 (`python -m lstm_jax.research.<name> --config configs/ablations/<name>.py

@@ -1,7 +1,7 @@
 """Synthetic long-range sequence tasks, generated on the fly from a PRNG key.
 
 These are the classic benchmarks for "can a recurrent net carry information
-across a long time lag" (issue 7). Every task is a frozen (hashable) dataclass
+across a long time lag" (docs/research_tasks.md). Every task is a frozen (hashable) dataclass
 whose fields are its static options, so a task can be closed over or passed as a
 static argument to `jax.jit`. Sampling is pure `jax.numpy`: static shapes, no
 Python control flow on traced values, so `sample` can be jitted and vmapped over

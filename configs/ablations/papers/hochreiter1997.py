@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "[HS97] stop when the average test error is < 0.01 and at most 3 of 2560 test"
             " sequences have |error| >= 0.04; we stop when 99% of 512 held-out sequences have"
             " |error| < 0.04, tested every 50 updates (1,600 sequences).",
-            "Budget: 2x the paper's sequences per length (Table 7), the issue's allowance.",
+            "Budget: 2x the paper's sequences per length (Table 7).",
         ),
         # 2x Table 7's largest length run here (T=500: 418k); per-T caps are not possible
         # in one sweep, so the budget covers the longest length.
