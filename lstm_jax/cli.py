@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
@@ -117,8 +118,11 @@ def run(main: Callable[[list[str]], None], *, required: Sequence[str], program: 
                 )
             print(f"{program}: error: {text}\n{_HINT}", file=sys.stderr, flush=True)
             # The error is reported: keep reads it abandoned (orbax's coroutines,
-            # collected at exit) from printing their own tracebacks after it.
+            # collected at exit, and their callbacks into a closed event loop)
+            # from printing their own tracebacks after it.
             sys.unraisablehook = lambda unraisable: None
+            sys.excepthook = lambda *exc: None
+            threading.excepthook = lambda args: None
             sys.exit(EXIT_USER_ERROR)
 
     app.run(guarded, flags_parser=_parse_flags)
