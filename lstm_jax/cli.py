@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
@@ -61,11 +61,31 @@ class _DropLibraryTracebacks(logging.Filter):
         return not (library and record.levelno >= logging.ERROR)
 
 
+def _closed_loop_callback(exc: BaseException | None) -> bool:
+    """A library's callback into an asyncio loop that orbax already closed
+    (TensorStore completing a read that a failed restore abandoned)."""
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
 def quiet_library_errors() -> None:
-    """Install `_DropLibraryTracebacks` on absl's and asyncio's log output."""
+    """Install `_DropLibraryTracebacks` on absl's and asyncio's log output, and
+    drop the tracebacks of callbacks into a closed event loop, which arrive
+    from library threads after a failed restore; every other exception is
+    reported as before."""
     drop = _DropLibraryTracebacks()
     absl_logging.get_absl_handler().addFilter(drop)
     logging.getLogger("asyncio").addFilter(drop)
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def on_exception(kind, exc, tb):
+        if not _closed_loop_callback(exc):
+            excepthook(kind, exc, tb)
+
+    def on_unraisable(unraisable):
+        if not _closed_loop_callback(unraisable.exc_value):
+            unraisablehook(unraisable)
+
+    sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
 
 
 def fail(text: str, code: int = EXIT_USER_ERROR, *, program: str | None = None) -> None:
@@ -117,12 +137,13 @@ def run(main: Callable[[list[str]], None], *, required: Sequence[str], program: 
                     "same command (a training run resumes from its newest checkpoint)"
                 )
             print(f"{program}: error: {text}\n{_HINT}", file=sys.stderr, flush=True)
-            # The error is reported: keep reads it abandoned (orbax's coroutines,
-            # collected at exit, and their callbacks into a closed event loop)
-            # from printing their own tracebacks after it.
-            sys.unraisablehook = lambda unraisable: None
-            sys.excepthook = lambda *exc: None
-            threading.excepthook = lambda args: None
-            sys.exit(EXIT_USER_ERROR)
+            # The error is reported: exit now, without the interpreter's
+            # teardown, in which reads it abandoned (orbax's and TensorStore's
+            # callbacks into a closed event loop) print tracebacks of their own.
+            # Checkpoints are written atomically and the workdir lock is the
+            # kernel's, so nothing is left half-done.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_USER_ERROR)
 
     app.run(guarded, flags_parser=_parse_flags)
