@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_distributed import run_python
+from helpers import run_python
 from test_fused import B, D, H, T, all_cases, assert_trees_close, reset_mask
 
 from lstm_jax import cells, optim, recurrent, train

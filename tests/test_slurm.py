@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from test_distributed import assert_same_run, cli_overrides, smoke_config, subprocess_env
+from helpers import assert_same_run, cli_overrides, smoke_config, subprocess_env
 
 from lstm_jax import train
 
@@ -27,7 +27,7 @@ import cluster  # noqa: E402
 pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-STEPS = 16  # test_distributed's OVERRIDES: dnd:smoke, 16 steps, every step logged
+STEPS = 16  # helpers.OVERRIDES: dnd:smoke, 16 steps, every step logged
 LONG_STEPS = 200  # the preempted run: long enough to be signalled before it ends
 LONG = {
     "train.num_steps": LONG_STEPS,
@@ -174,7 +174,7 @@ def test_sbatch_two_tasks_equal_one_process(slurm, reference, tmp_path):
 @pytest.fixture(scope="module")
 def uninterrupted(slurm, tmp_path_factory) -> pathlib.Path:
     """The long run, submitted the same way and left alone. (Against one process,
-    LONG_STEPS steps of all-reduce summation order drift past test_distributed's
+    LONG_STEPS steps of all-reduce summation order drift past helpers'
     tolerance; preemption is judged against the same two-task layout.)"""
     wd = tmp_path_factory.mktemp("uninterrupted") / "wd"
     start = time.monotonic()

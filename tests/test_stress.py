@@ -16,7 +16,7 @@ import time
 
 import helpers
 import pytest
-from test_distributed import ROOT, cli_overrides, run_local, subprocess_env
+from helpers import ROOT, cli_overrides, run_local, subprocess_env
 
 from lstm_jax import watchdog
 
