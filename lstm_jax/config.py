@@ -27,6 +27,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.corpus = "text"  # a name in lstm_jax.data.corpora.CORPORA
     c.data.path = config_dict.placeholder(str)  # file/glob/dir for text, ptb, tiny_shakespeare
+    # A corpus given as split files (corpus "text", without data.path); a directory
+    # holding WikiText's or PTB's names as data.path does the same.
+    c.data.train_path = config_dict.placeholder(str)
+    c.data.valid_path = config_dict.placeholder(str)
+    c.data.test_path = config_dict.placeholder(str)
+    # Tokenize a file corpus once into a memory-mapped id file, reused by every
+    # later run and resume (lstm_jax/data/token_cache.py; docs/data.md).
+    c.data.cache = True
+    c.data.cache_dir = config_dict.placeholder(str)  # default: $LSTM_JAX_DATA_DIR/token_cache
     c.data.encoding_errors = "strict"  # "replace" to accept non-UTF-8 bytes
     c.data.tokenizer = "char"  # "char" or "word"
     c.data.lowercase = True  # word tokenizer: lowercase words

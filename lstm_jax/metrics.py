@@ -12,12 +12,14 @@ import os
 import pathlib
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+
+from lstm_jax.data import batching
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
@@ -118,9 +120,17 @@ def per_token_report(loss_nats: float, tokenizer_kind: str) -> dict[str, float]:
 def unigram_loss(train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size: int) -> float:
     """Cross-entropy (nats/token) of `eval_ids` under the add-one-smoothed
     unigram distribution of `train_ids`: the baseline a model must beat."""
-    counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64) + 1.0
+    block = 1 << 24  # in blocks: the ids may be a memory-mapped corpus of any size
+    counts = np.ones(vocab_size, np.float64)
+    for i in range(0, len(train_ids), block):
+        counts += np.bincount(train_ids[i : i + block], minlength=vocab_size)
+        batching.release_pages(train_ids)
     logp = np.log(counts / counts.sum())
-    return float(-logp[eval_ids].mean())
+    total = 0.0
+    for i in range(0, len(eval_ids), block):
+        total += float(logp[eval_ids[i : i + block]].sum())
+        batching.release_pages(eval_ids)
+    return -total / len(eval_ids)
 
 
 class Progress:
@@ -144,6 +154,21 @@ class Progress:
         for the device)."""
         if self.bar is not None:
             self.bar.set_postfix(postfix, refresh=False)
+
+    @contextlib.contextmanager
+    def subtask(self, total: int, desc: str, min_total: int = 50) -> Iterator[Callable[[], None]]:
+        """A second bar under the first, for a long evaluation (`min_total`
+        batches or more); yields the function to call after each batch."""
+        if self.bar is None or total < min_total:
+            yield lambda: None
+            return
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+        try:
+            yield lambda: bar.update(1)
+        finally:
+            bar.close()
 
     def write(self, message: str) -> None:
         if jax.process_index() != 0:

@@ -72,7 +72,7 @@ from lstm_jax.checkpoint import (
     DamagedCheckpointError,
     flat_leaves,
 )
-from lstm_jax.data import batching, corpora, tokenizers
+from lstm_jax.data import batching, corpora, token_cache, tokenizers
 from lstm_jax.metrics import (
     MetricWriter,
     PhaseTimer,
@@ -96,18 +96,14 @@ class TrainState(NamedTuple):
 class Data(NamedTuple):
     tokenizer: tokenizers.Tokenizer
     splits: dict[str, np.ndarray]  # "train", "valid", "test" -> token ids
-    corpus: corpora.Corpus
-
-
-# ----------------------------------------------------------------------------
-# Building blocks: data, model, optimizer, state.
+    description: str  # what was read: paths, bytes, and the token cache's state
 
 
 def load_data(config: ml_collections.ConfigDict) -> Data:
-    """Corpus -> tokenizer (built on the training text) -> ids per split."""
+    """Corpus -> tokenizer (built on the training text) -> ids per split. A file
+    corpus goes through the token cache (tokenized once, then memory-mapped);
+    dnd_spells, or data.cache=False, is read and tokenized in memory."""
     d = config.data
-    corpus = corpora.load_corpus(d.corpus, d.path, encoding_errors=d.encoding_errors)
-    train_text = corpus.splits["train"] if corpus.splits else corpus.text
     options = {}
     if d.tokenizer == "word":
         options = dict(
@@ -116,14 +112,34 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
             max_vocab=d.max_vocab or None,
             split=d.word_split,
         )
+    split_paths = {s: d.get(f"{s}_path") for s in ("train", "valid", "test")}
+    files = corpora.corpus_files(d.corpus, d.path, split_paths)
+    fractions = (1.0 - d.val_fraction - d.test_fraction, d.val_fraction, d.test_fraction)
+    if files is not None and d.get("cache", True):
+        cached = token_cache.prepare(
+            files,
+            d.tokenizer,
+            options,
+            encoding_errors=d.encoding_errors,
+            root=token_cache.cache_root(d.get("cache_dir")),
+        )
+        if files.has_splits:
+            splits = {k: cached.part(k) for k in ("train", "valid", "test")}
+        else:
+            splits = batching.split_by_fraction(cached.part("all"), fractions)
+        description = f"{cached.description}; token cache {cached.status}"
+        return Data(cached.tokenizer, splits, description)
+    if files is not None:
+        corpus = corpora.read_corpus(files, d.encoding_errors)
+    else:
+        corpus = corpora.load_corpus(d.corpus, d.path, encoding_errors=d.encoding_errors)
+    train_text = corpus.splits["train"] if corpus.splits else corpus.text
     tokenizer = tokenizers.build_tokenizer(d.tokenizer, train_text, **options)
     if corpus.splits:
         splits = {k: tokenizer.encode(v) for k, v in corpus.splits.items()}
     else:
-        ids = tokenizer.encode(corpus.text)
-        fractions = (1.0 - d.val_fraction - d.test_fraction, d.val_fraction, d.test_fraction)
-        splits = batching.split_by_fraction(ids, fractions)
-    return Data(tokenizer, splits, corpus)
+        splits = batching.split_by_fraction(tokenizer.encode(corpus.text), fractions)
+    return Data(tokenizer, splits, corpus.description)
 
 
 def check_splits(data: Data, config: ml_collections.ConfigDict) -> None:
@@ -388,6 +404,7 @@ def evaluate(
         total, count = total + t, count + c
         if on_batch is not None:
             on_batch(i)
+    batching.release_pages(ids)  # a memory-mapped split's pages leave the resident set
     return float(total) / max(float(count), 1.0)
 
 
@@ -399,7 +416,13 @@ def evaluate(
 COMPAT_SECTIONS = ("seed", "data", "model")
 COMPAT_FIELDS = ("optim.name", "train.batch_size", "train.seq_len")
 # Free to change on resume: how the same math is computed, not what it computes.
-COMPAT_EXEMPT = ("model.impl", "model.unroll", "model.matmul_precision")
+COMPAT_EXEMPT = (
+    "model.impl",
+    "model.unroll",
+    "model.matmul_precision",
+    "data.cache",  # the cache gives the ids the in-memory path gives
+    "data.cache_dir",
+)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -421,8 +444,9 @@ def compat_view(config: dict) -> dict:
         for k, v in flat.items()
         if (k.split(".")[0] in COMPAT_SECTIONS or k in COMPAT_FIELDS) and k not in COMPAT_EXEMPT
     }
-    if view.get("data.path"):
-        view["data.path"] = str(pathlib.Path(view["data.path"]).expanduser().resolve())
+    for key in ("data.path", "data.train_path", "data.valid_path", "data.test_path"):
+        if view.get(key):
+            view[key] = str(pathlib.Path(view[key]).expanduser().resolve())
     return view
 
 
@@ -1030,6 +1054,36 @@ def nt_asgd_trigger(
     return state._replace(opt_state=start(state.opt_state))
 
 
+def evaluate_split(
+    run: Run, params: Any, split: str, step: int, progress: Progress, phase: str = "evals"
+) -> float:
+    """Mean nats/token over a split (valid: at most train.max_eval_batches
+    batches; test: all of it), with a progress bar when it is long; its time
+    goes to `phase`."""
+    t = run.config.train
+    ids = run.data.splits[split]
+    limit = t.max_eval_batches if split == "valid" else 0
+    total = batching.num_eval_batches(len(ids), t.batch_size, t.seq_len)
+    total = min(total, limit) if limit else total
+
+    def on_batch(i: int) -> None:
+        run.heartbeat(f"step {step}, {split} evaluation batch {i}")
+        advance()
+
+    with run.timer.phase(phase), progress.subtask(total, f"{split} eval") as advance:
+        return evaluate(
+            run.steps.eval,
+            run.model,
+            params,
+            ids,
+            t.batch_size,
+            t.seq_len,
+            limit,
+            run.mesh,
+            on_batch=on_batch,
+        )
+
+
 def on_eval(
     run: Run, state: TrainState, step: int, row: dict, writer: MetricWriter, progress: Progress
 ) -> None:
@@ -1037,18 +1091,7 @@ def on_eval(
     t, kind = run.config.train, run.config.data.tokenizer
     params = eval_params(run, state)
     if t.evaluate:
-        with run.timer.phase("evals"):
-            val_loss = evaluate(
-                run.steps.eval,
-                run.model,
-                params,
-                run.data.splits["valid"],
-                t.batch_size,
-                t.seq_len,
-                t.max_eval_batches,
-                run.mesh,
-                on_batch=lambda i: run.heartbeat(f"step {step}, evaluation batch {i}"),
-            )
+        val_loss = evaluate_split(run, params, "valid", step, progress)
         report = per_token_report(val_loss, kind)
         row.update(val_loss=val_loss, **{f"val_{k}": v for k, v in report.items()})
         progress.write(
@@ -1127,6 +1170,7 @@ def train_loop(run: Run, state: TrainState, writer: MetricWriter, progress: Prog
             if events.log:
                 with run.timer.phase("logging"):
                     writer.write(step, row)
+                    batching.release_pages(run.batcher.ids)
             if events.checkpoint or (stopping and run.ckpt.latest_step() != step):
                 save(run, state, step, row.get("val_loss"), best)
             if stopping:
@@ -1139,6 +1183,16 @@ def train_loop(run: Run, state: TrainState, writer: MetricWriter, progress: Prog
     profile.close()
     run.timer.add("loop", time.perf_counter() - loop_start)
     outcome.update(final_step=int(state.step), best_val_loss=best)
+    if t.evaluate and len(run.data.splits.get("test", ())) >= 2 and "interrupted_at" not in outcome:
+        # once, at the end, on the weights the run ends with (test perplexity)
+        step = outcome["final_step"]
+        params = eval_params(run, state)
+        outcome["test_loss"] = evaluate_split(run, params, "test", step, progress, "test_eval")
+        report = per_token_report(outcome["test_loss"], run.config.data.tokenizer)
+        progress.write(
+            f"step {step}: test {outcome['test_loss']:.4f} nats/token "
+            + " ".join(f"{k} {v:.3f}" for k, v in report.items())
+        )
     if run.nt is not None:
         outcome["nt_asgd_trigger_step"] = run.nt.trigger_step
     return outcome
@@ -1177,7 +1231,13 @@ def finish(run: Run, outcome: dict, start: int, wall_start: float) -> dict[str, 
         **outcome,
     }
     if outcome["val_loss"] is not None:
-        for name, loss in (("val", outcome["val_loss"]), ("unigram", unigram)):
+        for name, loss in (
+            ("val", outcome["val_loss"]),
+            ("unigram", unigram),
+            ("test", outcome.get("test_loss")),
+        ):
+            if loss is None:
+                continue
             summary.update({f"{name}_{k}": v for k, v in per_token_report(loss, kind).items()})
     timer = run.timer
     timer.add("total", time.perf_counter() - wall_start)
@@ -1198,8 +1258,10 @@ def describe_run(run: Run, state: TrainState, progress: Progress) -> int:
     c, d, t = run.config, run.data, run.config.train
     start, n_params = int(state.step), count_params(state.params)
     progress.write(
-        f"{d.corpus.description}: {len(d.splits['train']):,} train / "
-        f"{len(d.splits['valid']):,} valid tokens, vocab {d.tokenizer.vocab_size:,}; model "
+        f"{d.description}: {len(d.splits['train']):,} train / "
+        f"{len(d.splits['valid']):,} valid"
+        + (f" / {len(d.splits['test']):,} test" if len(d.splits.get("test", ())) else "")
+        + f" tokens, vocab {d.tokenizer.vocab_size:,}; model "
         f"{c.model.num_layers}x{c.model.hidden_size} {c.model.cell}, "
         f"{n_params:,} parameters; {run.batcher.steps_per_epoch} steps/epoch"
         + (f"; resuming at step {start}" if start else "")

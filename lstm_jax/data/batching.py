@@ -32,6 +32,7 @@ data cursor of two ints (`state()` / `restore()`) resumes exactly.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
@@ -44,6 +45,7 @@ __all__ = [
     "count_eval_tokens",
     "eval_batches",
     "num_eval_batches",
+    "release_pages",
     "split_by_fraction",
 ]
 
@@ -60,12 +62,31 @@ class Batch(NamedTuple):
 
 
 def _as_ids(ids: np.ndarray | Sequence[int]) -> np.ndarray:
-    ids = np.asarray(ids)
+    """1-D integer ids, not copied: a memory-mapped uint16 corpus stays on disk,
+    and only the rows of a batch become int32 (`_gather`)."""
+    ids = ids if isinstance(ids, np.ndarray) else np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"token ids must be a 1-D array, got shape {ids.shape}")
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+    if not ids.size:
+        return ids.astype(np.int32)
+    if not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
-    return ids.astype(np.int32, copy=False)
+    return ids
+
+
+def _gather(ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    return ids[pos].astype(np.int32, copy=False)
+
+
+def release_pages(ids: np.ndarray) -> None:
+    """Drops the pages of a memory-mapped id file that this process has read
+    from its resident set (madvise DONTNEED on a read-only file mapping): the
+    data stays in the kernel's page cache, and the next read maps it again.
+    Called after a scan over a whole split, so that the memory a run reports
+    does not grow with the corpus. A no-op for arrays in memory."""
+    mapping = getattr(ids, "_mmap", None)  # np.memmap and its slices share it
+    if mapping is not None and hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def split_by_fraction(
@@ -208,8 +229,8 @@ class TrainBatcher:
         reset = np.zeros((b, T), dtype=bool)
         reset[:, 0] = reset_first
         return Batch(
-            inputs=self.ids[pos],
-            targets=self.ids[pos + 1],
+            inputs=_gather(self.ids, pos),
+            targets=_gather(self.ids, pos + 1),
             mask=np.ones((b, T), dtype=np.float32),
             reset=reset,
         )
@@ -274,8 +295,8 @@ def eval_batches(ids: np.ndarray | Sequence[int], batch_size: int, seq_len: int)
         reset = np.zeros((batch_size, seq_len), dtype=bool)
         reset[:, 0] = w == 0
         yield Batch(
-            inputs=np.where(valid, ids[safe], 0).astype(np.int32),
-            targets=np.where(valid, ids[safe + 1], 0).astype(np.int32),
+            inputs=np.where(valid, _gather(ids, safe), 0).astype(np.int32),
+            targets=np.where(valid, _gather(ids, safe + 1), 0).astype(np.int32),
             mask=valid.astype(np.float32),
             reset=reset,
         )

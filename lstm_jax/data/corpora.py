@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import glob
 import hashlib
 import html
@@ -34,7 +35,7 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,12 @@ TINY_SHAKESPEARE_FILENAME = "tinyshakespeare.txt"
 DOWNLOAD_TIMEOUT_S = 20.0
 
 PTB_FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}
+# A directory holding one of these sets is read as a corpus with its own splits.
+SPLIT_FILE_NAMES = {
+    "wikitext": {s: f"wiki.{s}.tokens" for s in ("train", "valid", "test")},
+    "wikitext_raw": {s: f"wiki.{s}.raw" for s in ("train", "valid", "test")},
+    "ptb": PTB_FILES,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +114,12 @@ def _check_encoding_errors(encoding_errors: str) -> None:
         )
 
 
-def _decode(data: bytes, source: str, encoding_errors: str) -> str:
-    """UTF-8 bytes -> text with LF newlines and no BOM.
+def _decode(
+    data: bytes, source: str, encoding_errors: str, *, offset: int = 0, file_start: bool = True
+) -> str:
+    """UTF-8 bytes -> text with LF newlines and no BOM. `offset`: where `data`
+    starts in the file (for the error message); `file_start`: it is the file's
+    first part (the only place a BOM is).
 
     A bad byte fails loudly by default: silently replacing it would put U+FFFD
     into the vocabulary and the samples, which is hard to trace back later.
@@ -119,45 +130,96 @@ def _decode(data: bytes, source: str, encoding_errors: str) -> str:
     except UnicodeDecodeError as e:
         bad = e.object[e.start : e.end]
         raise ValueError(
-            f"{source}: not valid UTF-8 at byte offset {e.start} (bytes {bad!r}: {e.reason}). "
+            f"{source}: not valid UTF-8 at byte offset {offset + e.start} "
+            f"(bytes {bad!r}: {e.reason}). "
             "Convert the file to UTF-8, or opt into replacing undecodable bytes with "
             "U+FFFD by setting encoding_errors='replace' "
             "(config: --config.data.encoding_errors=replace)."
         ) from None
-    text = text.removeprefix("\ufeff")
+    if file_start:
+        text = text.removeprefix("\ufeff")
     # CRLF / CR -> LF: one newline symbol, whatever OS wrote the file.
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def read_text_files(path: str, *, encoding_errors: str = "strict") -> str:
-    """Reads a UTF-8 file, or all files matching a glob (sorted, joined by "\\n").
-
-    Raises FileNotFoundError for a missing file or a glob without matches, and
-    ValueError for empty input or bytes that are not UTF-8, each naming the path
-    and what to pass instead.
-    """
-    _check_encoding_errors(encoding_errors)
+def resolve_files(path: str) -> list[str]:
+    """A file or a glob -> the files it names (sorted). A directory is refused
+    unless it holds a corpus's split files (`find_split_files`)."""
     hint = "pass an existing UTF-8 file or glob, e.g. --config.data.path='/data/books/*.txt'"
     expanded = os.path.expanduser(path)
     if glob.has_magic(expanded):
         files = sorted(f for f in glob.glob(expanded) if os.path.isfile(f))
         if not files:
             raise FileNotFoundError(f"data path {path!r}: the glob matches no files; {hint}")
-    elif os.path.isdir(expanded):
+        return files
+    if os.path.isdir(expanded):
+        known = "; ".join(", ".join(names.values()) for names in SPLIT_FILE_NAMES.values())
         raise ValueError(
-            f"data path {path!r} is a directory; pass a file or a glob such as "
-            f"--config.data.path='{path.rstrip('/')}/*.txt'"
+            f"data path {path!r} is a directory without split files ({known}); pass a file "
+            f"or a glob such as --config.data.path='{path.rstrip('/')}/*.txt', or give the "
+            "splits as --config.data.train_path/valid_path/test_path"
         )
-    elif not os.path.isfile(expanded):
+    if not os.path.isfile(expanded):
         raise FileNotFoundError(f"data path {path!r} does not exist; {hint}")
-    else:
-        files = [expanded]
+    return [expanded]
+
+
+def read_text_files(path: str | list[str], *, encoding_errors: str = "strict") -> str:
+    """Reads a UTF-8 file, or all files matching a glob (sorted, joined by "\n").
+
+    Raises FileNotFoundError for a missing file or a glob without matches, and
+    ValueError for empty input or bytes that are not UTF-8, each naming the path
+    and what to pass instead.
+    """
+    _check_encoding_errors(encoding_errors)
+    files = resolve_files(path) if isinstance(path, str) else path
     text = "\n".join(
         _decode(Path(f).read_bytes(), f, encoding_errors=encoding_errors) for f in files
     )
     if not text.strip():
-        raise ValueError(f"data path {path!r} is empty (no text to train on); {hint}")
+        raise ValueError(f"data path {path!r} is empty (no text to train on)")
     return text
+
+
+def iter_text(
+    files: list[str], *, encoding_errors: str = "strict", chunk_bytes: int = 4 << 20
+) -> Iterator[str]:
+    """The text `read_text_files(files)` returns, in pieces of about `chunk_bytes`,
+    so a corpus of any size is read in bounded memory (`iter_file_text`)."""
+    for i, name in enumerate(files):
+        if i:
+            yield "\n"
+        yield from iter_file_text(name, encoding_errors=encoding_errors, chunk_bytes=chunk_bytes)
+
+
+def iter_file_text(
+    name: str,
+    begin: int = 0,
+    end: int | None = None,
+    *,
+    encoding_errors: str = "strict",
+    chunk_bytes: int = 4 << 20,
+) -> Iterator[str]:
+    """Bytes [begin, end) of one file as text, in pieces of about `chunk_bytes`.
+    Pieces end after a newline (or, in a line longer than a piece, after a
+    space), where no token of any tokenizer here is cut, and never inside a
+    UTF-8 sequence or a CRLF; `begin` must be 0 or just after a newline."""
+    _check_encoding_errors(encoding_errors)
+    offset, carry = begin, b""
+    with open(name, "rb") as f:
+        f.seek(begin)
+        left = (os.path.getsize(name) if end is None else end) - begin
+        while left > 0 and (block := f.read(min(chunk_bytes, left))):
+            left -= len(block)
+            data = carry + block
+            cut = data.rfind(b"\n") + 1 or data.rfind(b" ") + 1
+            if not cut:
+                carry = data  # no place to cut yet: read on
+                continue
+            yield _decode(data[:cut], name, encoding_errors, offset=offset, file_start=offset == 0)
+            offset, carry = offset + cut, data[cut:]
+    if carry or offset == 0:
+        yield _decode(carry, name, encoding_errors, offset=offset, file_start=offset == 0)
 
 
 # ---------------------------------------------------------------------------
@@ -526,23 +588,75 @@ def _load_dnd_spells(path: str | None, encoding_errors: str) -> Corpus:
 
 
 # ---------------------------------------------------------------------------
-# text, tiny_shakespeare, ptb
+# Corpora read from files: text, tiny_shakespeare, ptb
 # ---------------------------------------------------------------------------
 
 
-def _load_text(path: str | None, encoding_errors: str) -> Corpus:
+@dataclasses.dataclass(frozen=True)
+class CorpusFiles:
+    """A corpus that is files on disk, not yet read (what the token cache streams).
+
+    Attributes:
+      name: the registry name.
+      parts: {"all": files} for a corpus to split by fraction, or {"train": files,
+        "valid": files, "test": files} for one with its own split files (a part
+        may be an empty list). Files within a part are joined by "\n".
+      description: what is read, for the log: the path(s) and their bytes.
+    """
+
+    name: str
+    parts: dict[str, list[str]]
+    description: str
+
+    @property
+    def has_splits(self) -> bool:
+        return "all" not in self.parts
+
+    @property
+    def files(self) -> list[str]:
+        return [f for part in self.parts.values() for f in part]
+
+
+def _size_note(files: list[str]) -> str:
+    return f"{sum(os.path.getsize(f) for f in files):,} bytes"
+
+
+def find_split_files(directory: str | Path) -> dict[str, list[str]] | None:
+    """The split files of a directory that holds a known set (`SPLIT_FILE_NAMES`):
+    WikiText's wiki.{train,valid,test}.tokens (or .raw), or PTB's ptb.*.txt."""
+    root = Path(os.path.expanduser(str(directory)))
+    for names in SPLIT_FILE_NAMES.values():
+        if all((root / n).is_file() for n in names.values()):
+            return {split: [str(root / n)] for split, n in names.items()}
+    return None
+
+
+def _split_path_files(split_paths: dict[str, str | None]) -> CorpusFiles:
+    if not split_paths.get("train"):
+        raise ValueError(
+            "data.valid_path / data.test_path need data.train_path too (the vocabulary "
+            "is built on the training text)"
+        )
+    parts = {s: resolve_files(p) if p else [] for s, p in split_paths.items()}
+    given = ", ".join(f"{s} {p}" for s, p in split_paths.items() if p)
+    files = [f for part in parts.values() for f in part]
+    return CorpusFiles("text", parts, f"text from {given} ({_size_note(files)})")
+
+
+def _text_files(path: str | None) -> CorpusFiles:
     if path is None:
         raise ValueError(
             "corpus 'text' needs a path: pass --config.data.path=/path/to/file.txt "
-            "(a UTF-8 file, or a glob such as '/path/to/*.txt')"
+            "(a UTF-8 file, a glob such as '/path/to/*.txt', or a directory holding "
+            "wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens), or give the splits "
+            "as --config.data.train_path/valid_path/test_path"
         )
-    return Corpus(
-        name="text",
-        text=read_text_files(path, encoding_errors=encoding_errors),
-        splits=None,
-        record_separator=None,
-        description=f"text from {path}",
-    )
+    if os.path.isdir(os.path.expanduser(path)) and (parts := find_split_files(path)):
+        files = [f for part in parts.values() for f in part]
+        names = ", ".join(Path(f).name for f in files)
+        return CorpusFiles("text", parts, f"text from {path} ({names}; {_size_note(files)})")
+    files = resolve_files(path)
+    return CorpusFiles("text", {"all": files}, f"text from {path} ({_size_note(files)})")
 
 
 def data_dir() -> Path:
@@ -586,27 +700,32 @@ def _download_tiny_shakespeare(target: Path) -> bytes:
     return data
 
 
-def _load_tiny_shakespeare(path: str | None, encoding_errors: str) -> Corpus:
-    description = "Tiny Shakespeare (karpathy/char-rnn), ~1.1M characters"
+def _tiny_shakespeare_files(path: str | None) -> CorpusFiles:
+    """A given path is read as it is (and named as such in the log); without
+    one, karpathy's file, downloaded once and checked by sha256."""
     if path is not None:
-        text = read_text_files(path, encoding_errors=encoding_errors)
-        return Corpus("tiny_shakespeare", text, None, None, description)
+        files = resolve_files(path)
+        return CorpusFiles(
+            "tiny_shakespeare", {"all": files}, f"text from {path} ({_size_note(files)})"
+        )
     target = data_dir() / TINY_SHAKESPEARE_FILENAME
     if target.is_file():
-        data = target.read_bytes()
-        if (digest := _sha256(data)) != TINY_SHAKESPEARE_SHA256:
+        if (digest := _sha256(target.read_bytes())) != TINY_SHAKESPEARE_SHA256:
             raise ValueError(
                 f"cached {target} has sha256 {digest}, expected {TINY_SHAKESPEARE_SHA256}; "
                 "delete it to download again, or pass your own copy with "
                 "--config.data.path=/path/to/input.txt"
             )
     else:
-        data = _download_tiny_shakespeare(target)
-    text = _decode(data, str(target), encoding_errors)
-    return Corpus("tiny_shakespeare", text, None, None, description)
+        _download_tiny_shakespeare(target)
+    return CorpusFiles(
+        "tiny_shakespeare",
+        {"all": [str(target)]},
+        f"Tiny Shakespeare (karpathy/char-rnn), {_size_note([str(target)])}",
+    )
 
 
-def _load_ptb(path: str | None, encoding_errors: str) -> Corpus:
+def _ptb_files(path: str | None) -> CorpusFiles:
     wanted = ", ".join(PTB_FILES.values())
     if path is None:
         raise ValueError(
@@ -623,39 +742,87 @@ def _load_ptb(path: str | None, encoding_errors: str) -> Corpus:
         raise FileNotFoundError(
             f"ptb data path {path!r} lacks {', '.join(missing)}; it must hold {wanted}"
         )
-    splits = {
-        split: read_text_files(str(root / name), encoding_errors=encoding_errors)
-        for split, name in PTB_FILES.items()
-    }
-    return Corpus(
-        name="ptb",
-        text=splits["train"],
-        splits=splits,
-        record_separator=None,
-        description=f"Penn Treebank (Mikolov et al.) from {path}",
+    parts = {split: [str(root / name)] for split, name in PTB_FILES.items()}
+    files = [f for part in parts.values() for f in part]
+    return CorpusFiles(
+        "ptb", parts, f"Penn Treebank (Mikolov et al.) from {path} ({_size_note(files)})"
     )
 
 
-# name -> loader(path, encoding_errors) -> Corpus. The one place a corpus name
-# is looked up; add a corpus by adding a line here.
-CORPORA: dict[str, Callable[[str | None, str], Corpus]] = {
-    "dnd_spells": _load_dnd_spells,
-    "text": _load_text,
-    "tiny_shakespeare": _load_tiny_shakespeare,
-    "ptb": _load_ptb,
+# name -> files(path): the corpora read from files (the token cache streams them).
+FILE_CORPORA: dict[str, Callable[[str | None], CorpusFiles]] = {
+    "text": _text_files,
+    "tiny_shakespeare": _tiny_shakespeare_files,
+    "ptb": _ptb_files,
 }
 
 
-def load_corpus(name: str, path: str | None = None, *, encoding_errors: str = "strict") -> Corpus:
-    """Loads a corpus by its registry name (see `CORPORA`).
+def corpus_files(
+    name: str, path: str | None = None, split_paths: dict[str, str | None] | None = None
+) -> CorpusFiles | None:
+    """The files corpus `name` reads, or None for a corpus built in memory
+    (dnd_spells). `split_paths` ({"train", "valid", "test"} -> file or glob) gives
+    the splits as files, for corpus "text" only."""
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; valid names: {', '.join(sorted(CORPORA))}")
+    if split_paths and any(split_paths.values()):
+        if name != "text" or path is not None:
+            raise ValueError(
+                "data.train_path/valid_path/test_path are for corpus 'text' without "
+                "data.path; give the splits one way"
+            )
+        return _split_path_files(split_paths)
+    if name not in FILE_CORPORA:
+        return None
+    return FILE_CORPORA[name](path)
+
+
+def read_corpus(files: CorpusFiles, encoding_errors: str = "strict") -> Corpus:
+    """Reads a file corpus whole into memory (the path without the token cache)."""
+    if not files.has_splits:
+        text = read_text_files(files.parts["all"], encoding_errors=encoding_errors)
+        return Corpus(files.name, text, None, None, files.description)
+    splits = {
+        split: read_text_files(part, encoding_errors=encoding_errors) if part else ""
+        for split, part in files.parts.items()
+    }
+    return Corpus(files.name, splits["train"], splits, None, files.description)
+
+
+def _load_files(name: str, path: str | None, encoding_errors: str) -> Corpus:
+    return read_corpus(FILE_CORPORA[name](path), encoding_errors)
+
+
+# name -> loader(path, encoding_errors) -> Corpus. The one place a corpus name
+# is looked up; add a corpus by adding a line here (and, when it is files on
+# disk, to FILE_CORPORA, so that the token cache can stream it).
+CORPORA: dict[str, Callable[[str | None, str], Corpus]] = {
+    "dnd_spells": _load_dnd_spells,
+    **{name: functools.partial(_load_files, name) for name in ("text", "tiny_shakespeare", "ptb")},
+}
+
+
+def load_corpus(
+    name: str,
+    path: str | None = None,
+    *,
+    encoding_errors: str = "strict",
+    split_paths: dict[str, str | None] | None = None,
+) -> Corpus:
+    """Loads a corpus by its registry name (see `CORPORA`), whole, into memory.
 
     Args:
       name: a key of `CORPORA`.
       path: a file, glob or directory, for the corpora that read local data.
       encoding_errors: "strict" (default: non-UTF-8 bytes are an error naming
         the file and byte offset) or "replace" / "ignore" / "backslashreplace".
+      split_paths: {"train", "valid", "test"} -> file or glob (corpus "text").
     """
+    _check_encoding_errors(encoding_errors)
+    if split_paths and any(split_paths.values()):
+        files = corpus_files(name, path, split_paths)
+        assert files is not None
+        return read_corpus(files, encoding_errors)
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; valid names: {', '.join(sorted(CORPORA))}")
-    _check_encoding_errors(encoding_errors)
     return CORPORA[name](path, encoding_errors)

@@ -20,7 +20,7 @@ import abc
 import collections
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -213,12 +213,34 @@ class WordTokenizer(Tokenizer):
         the unk token), map to `unk_token`. "\\n" and the record separator are
         always kept: the text's structure must survive a small vocabulary.
         """
+        proto = cls([unk_token or " "], lowercase=lowercase, split=split, unk_token=unk_token)
+        return cls.from_counts(
+            collections.Counter(proto.pieces(text)),
+            lowercase=lowercase,
+            min_count=min_count,
+            max_vocab=max_vocab,
+            split=split,
+            unk_token=unk_token,
+        )
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Mapping[str, int],
+        *,
+        lowercase: bool = True,
+        min_count: int = 1,
+        max_vocab: int | None = None,
+        split: str = "regex",
+        unk_token: str | None = UNK,
+    ) -> WordTokenizer:
+        """The vocabulary `build` makes, from the counts of the text's pieces
+        (`pieces`): a corpus too big to hold can be counted chunk by chunk."""
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
         if max_vocab is not None and max_vocab < 2:
             raise ValueError(f"max_vocab must be >= 2 or None, got {max_vocab}")
-        proto = cls([unk_token or " "], lowercase=lowercase, split=split, unk_token=unk_token)
-        counts = collections.Counter(proto.pieces(text))
+        counts = {t: n for t, n in counts.items() if n > 0}
         specials = [unk_token] if unk_token is not None else []
         counts.pop(unk_token, None)
         structural = [t for t in ("\n", RECORD_SEPARATOR) if t in counts]
@@ -239,15 +261,25 @@ class WordTokenizer(Tokenizer):
 
     def pieces(self, text: str) -> list[str]:
         """text -> token strings (before the vocabulary lookup)."""
+        raw = self.raw_pieces(text)
+        if not self.lowercase:
+            return raw
+        return [self.normalize_piece(p) for p in raw]
+
+    def raw_pieces(self, text: str) -> list[str]:
+        """text -> token strings as written (`pieces` before lowercasing). Text cut
+        at a newline or a space gives the same pieces in two parts as in one."""
         if self.split == "whitespace":
             # RS counts as whitespace for str.split, so cut it (and "\n") out first.
             parts = re.split(f"(\n|{re.escape(RECORD_SEPARATOR)})", text)
-            raw = [q for part in parts for q in ([part] if part in _LINE_BREAKS else part.split())]
-        else:
-            raw = self._regex.findall(text)
-        if not self.lowercase:
-            return raw
-        return [p if p == self.unk_token else p.lower() for p in raw]
+            return [q for part in parts for q in ([part] if part in _LINE_BREAKS else part.split())]
+        return self._regex.findall(text)
+
+    def normalize_piece(self, piece: str) -> str:
+        """One raw piece as the vocabulary knows it (lowercased, unless it is the unk token)."""
+        if not self.lowercase or piece == self.unk_token:
+            return piece
+        return piece.lower()
 
     def normalize(self, text: str) -> str:
         """What `decode(encode(text))` gives when every word is in the vocabulary."""
