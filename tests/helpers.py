@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -27,13 +28,28 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     return namespace["get_config"](arg or None)
 
 
-def smoke(**overrides) -> ml_collections.ConfigDict:
-    """configs/dnd.py:smoke with dotted overrides ("train.num_steps": 4, ...)."""
-    config = load_config("configs/dnd.py:smoke")
+def smoke(name: str = "dnd:smoke", /, **overrides) -> ml_collections.ConfigDict:
+    """configs/NAME.py[:arg] with overrides, keyed "section.field" or
+    section__field: smoke("dnd:smoke", train__num_steps=4)."""
+    path, _, arg = name.partition(":")
+    config = load_config(f"configs/{path}.py:{arg}")
     for key, value in overrides.items():
-        section, field = key.split(".")
+        section, field = re.split(r"\.|__", key, maxsplit=1)
         config[section][field] = value
     return config
+
+
+def final_params(workdir: pathlib.Path):
+    """The newest checkpoint of a train workdir: (step, state)."""
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", read_only=True)
+    step = ckpt.latest_step()
+    meta = ckpt.restore_meta(step)
+    config = ml_collections.ConfigDict(meta["config"])
+    data = train.load_data(config)
+    model = train.build_model(config, data.tokenizer.vocab_size)
+    opt = optim.make_optimizer(config.optim, 10)
+    target = train.init_state(config, model, opt, config.train.batch_size)
+    return step, ckpt.restore_state(step, target)
 
 
 def train_cli(

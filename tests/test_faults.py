@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_train import ROOT, smoke
+from helpers import ROOT, smoke
 
 from lstm_jax import checkpoint, metrics, optim, sample, train
 from lstm_jax.checkpoint import CheckpointError, DamagedCheckpointError

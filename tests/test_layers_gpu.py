@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_fused import CELL_NAMES, B, D, H, T, all_cases, assert_trees_close
+from layer_cases import CELL_NAMES, B, D, H, T, all_cases, assert_trees_close
 
 from lstm_jax import cells, recurrent
 from lstm_jax.layers import cudnn

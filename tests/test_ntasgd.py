@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_train import final_params, smoke
+from helpers import final_params, smoke
 
 from lstm_jax import checkpoint, metrics, optim, sample, train
 from lstm_jax import config as config_lib

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import run_python
-from test_fused import B, D, H, T, all_cases, assert_trees_close, reset_mask
+from layer_cases import B, D, H, T, all_cases, assert_trees_close, reset_mask
 
 from lstm_jax import cells, optim, recurrent, train
 from lstm_jax import config as config_lib

@@ -2,7 +2,6 @@
 and the errors a user gets for bad input."""
 
 import json
-import pathlib
 import signal
 import subprocess
 import sys
@@ -13,39 +12,10 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from helpers import ROOT, final_params, smoke
 
 from lstm_jax import checkpoint, host, optim, train
 from lstm_jax import config as config_lib
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(name: str) -> ml_collections.ConfigDict:
-    """configs/NAME.py[:arg] -> ConfigDict, the way config_flags loads it."""
-    path, _, arg = name.partition(":")
-    namespace: dict = {}
-    exec(compile((ROOT / "configs" / f"{path}.py").read_text(), path, "exec"), namespace)
-    return namespace["get_config"](arg or None)
-
-
-def smoke(name: str, **overrides) -> ml_collections.ConfigDict:
-    c = load_config(name)
-    for key, value in overrides.items():
-        section, field = key.split("__")
-        c[section][field] = value
-    return c
-
-
-def final_params(workdir: pathlib.Path):
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", read_only=True)
-    step = ckpt.latest_step()
-    meta = ckpt.restore_meta(step)
-    config = ml_collections.ConfigDict(meta["config"])
-    data = train.load_data(config)
-    model = train.build_model(config, data.tokenizer.vocab_size)
-    opt = optim.make_optimizer(config.optim, 10)
-    target = train.init_state(config, model, opt, config.train.batch_size)
-    return step, ckpt.restore_state(step, target)
 
 
 @pytest.mark.slow
@@ -61,7 +31,7 @@ def final_params(workdir: pathlib.Path):
     ],
 )
 def test_smoke_configs_train_end_to_end(name, path_fixture, request, tmp_path, capsys):
-    c = load_config(name)
+    c = smoke(name)
     if path_fixture:
         c.data.path = str(request.getfixturevalue(path_fixture))
     summary = train.train_and_evaluate(c, str(tmp_path / "wd"))

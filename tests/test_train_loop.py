@@ -9,7 +9,7 @@ import sys
 
 import jax.numpy as jnp
 import pytest
-from test_train import ROOT, smoke
+from helpers import ROOT, smoke
 
 from lstm_jax import checkpoint, host, metrics, train
 from lstm_jax import config as config_lib
