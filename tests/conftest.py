@@ -27,6 +27,15 @@ def fast_tier_runs_no_subprocess(request, monkeypatch):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory):
+    """Downloads and token caches go to a directory of the test session's own
+    (the CLIs in subprocesses inherit it), not into the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("lstm_jax_data")
+    os.environ["LSTM_JAX_DATA_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
 def compile_cache():
     """The persistent compilation cache, as the CLIs use it: the many tests
     that train the same smoke models compile each program once (subprocess
