@@ -10,6 +10,7 @@ names and values before any compute; an unknown key (a typo such as
 from __future__ import annotations
 
 import difflib
+import pathlib
 
 import ml_collections
 from ml_collections import config_dict
@@ -243,3 +244,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "optim.name='nt_asgd' starts averaging from the validation losses; "
             "it needs train.evaluate=True"
         )
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/config.py[:arg]` -> `get_config(arg)`, as `--config` loads it
+    (for tests, scripts and notebooks)."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{pathlib.Path(path).stem}", path)
+    if module_spec is None or module_spec.loader is None or not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"cannot load config file {path!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

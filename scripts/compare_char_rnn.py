@@ -24,6 +24,7 @@ import subprocess
 
 import numpy as np
 
+from lstm_jax import config as config_lib
 from lstm_jax import train
 from lstm_jax.data import batching
 from lstm_jax.metrics import read_jsonl
@@ -33,10 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(overrides: list[str]):
-    namespace: dict = {}
-    src = ROOT / "configs" / "shakespeare_char.py"
-    exec(compile(src.read_text(), str(src), "exec"), namespace)
-    config = namespace["get_config"]()
+    config = config_lib.load(str(ROOT / "configs" / "shakespeare_char.py"))
     if overrides:  # the ablation's key=value parsing (Python literals)
         _, changes = ablation.parse_variant("set: " + ", ".join(overrides))
         ablation.apply_overrides(config, changes)

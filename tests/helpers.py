@@ -15,17 +15,14 @@ import ml_collections
 import numpy as np
 
 from lstm_jax import checkpoint, optim, train
+from lstm_jax import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """A config file's `get_config(arg)`, as `--config configs/x.py:arg` gives it."""
-    path, _, arg = spec.partition(":")
-    namespace: dict = {}
-    file = ROOT / path
-    exec(compile(file.read_text(), str(file), "exec"), namespace)
-    return namespace["get_config"](arg or None)
+    return config_lib.load(str(ROOT / spec))
 
 
 def smoke(name: str = "dnd:smoke", /, **overrides) -> ml_collections.ConfigDict:
@@ -84,13 +81,8 @@ STATE_TOL = dict(rtol=2e-5, atol=2e-7)
 
 
 def smoke_config(**overrides) -> ml_collections.ConfigDict:
-    namespace: dict = {}
-    exec(compile((ROOT / "configs" / "dnd.py").read_text(), "dnd.py", "exec"), namespace)
-    c = namespace["get_config"]("smoke")
-    for key, value in {**OVERRIDES, **overrides}.items():
-        section, field = key.split(".")
-        c[section][field] = value
-    return c
+    """dnd:smoke with OVERRIDES, then `overrides` ("section.field" keys)."""
+    return smoke("dnd:smoke", **{**OVERRIDES, **overrides})
 
 
 def cli_overrides(**overrides) -> list[str]:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import pathlib
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -442,17 +443,6 @@ def test_tied_projection_trains_and_gets_gradients():
 # End to end
 
 
-def _smoke(**overrides):
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "dnd.py"
-    namespace: dict = {}
-    exec(compile(path.read_text(), str(path), "exec"), namespace)
-    c = namespace["get_config"]("smoke")
-    for key, value in overrides.items():
-        section, field = key.split("__")
-        c[section][field] = value
-    return c
-
-
 AWD = dict(
     model__dropout_input=0.65,
     model__dropout_hidden=0.3,
@@ -467,7 +457,7 @@ AWD = dict(
 
 @pytest.mark.slow  # about 17 s on two shared cores
 def test_smoke_run_with_every_regularizer(tmp_path):
-    c = _smoke(**AWD)
+    c = helpers.smoke("dnd:smoke", **AWD)
     summary = train.train_and_evaluate(c, str(tmp_path / "wd"))
     assert summary["final_step"] == c.train.num_steps
     assert np.isfinite(summary["val_loss"])
@@ -478,13 +468,13 @@ def test_smoke_run_with_every_regularizer(tmp_path):
 def test_checkpoint_without_the_new_fields_still_resumes():
     """A config saved before these fields existed compares equal to today's
     defaults (the fields read as 0 / off)."""
-    current = _smoke().to_dict()
+    current = helpers.smoke("dnd:smoke").to_dict()
     saved = json.loads(json.dumps(current))
     for field in ("dropout_input", "dropout_hidden", "dropout_output", "weight_drop"):
         del saved["model"][field]
     del saved["model"]["dropout_embedding"]
     train.check_compatible(saved, current, pathlib.Path("wd"))
-    changed = _smoke(model__weight_drop=0.5).to_dict()
+    changed = helpers.smoke("dnd:smoke", model__weight_drop=0.5).to_dict()
     with pytest.raises(train.CheckpointError, match=r"model.weight_drop: 0.0 -> 0.5"):
         train.check_compatible(saved, changed, pathlib.Path("wd"))
 
@@ -499,7 +489,7 @@ def test_checkpoint_without_the_new_fields_still_resumes():
 )
 def test_bad_values_stop_a_run_before_anything_is_written(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):
-        train.train_and_evaluate(_smoke(**overrides), str(tmp_path / "wd"))
+        train.train_and_evaluate(helpers.smoke("dnd:smoke", **overrides), str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
 
 

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 
+import helpers
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,17 +31,9 @@ LENGTH = 12  # tokens generated in most tests: one compiled loop shared by them
 SAMPLES = 4
 
 
-def load_config(name: str) -> ml_collections.ConfigDict:
-    """configs/NAME.py[:arg] -> ConfigDict, the way config_flags loads it."""
-    path, _, arg = name.partition(":")
-    namespace: dict = {}
-    exec(compile((ROOT / "configs" / f"{path}.py").read_text(), path, "exec"), namespace)
-    return namespace["get_config"](arg or None)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> pathlib.Path:
-    c = load_config("dnd:smoke")
+    c = helpers.smoke("dnd:smoke")
     c.train.num_steps = 10
     c.train.eval_every = 10
     c.train.checkpoint_every = 10

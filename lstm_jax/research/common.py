@@ -29,6 +29,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from lstm_jax import config as config_lib
+
 RunFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
 
 
@@ -83,17 +85,8 @@ def cli(run: RunFn, description: str) -> None:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path/to/config.py[:arg]` the way `--config` does (for tests and
-    notebooks): imports the file and returns `get_config(arg)`."""
-    import importlib.util
-
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
-    if module_spec is None or module_spec.loader is None:
-        raise FileNotFoundError(f"cannot load config file {path!r}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    """Loads `path/to/config.py[:arg]` the way `--config` does (`config.load`)."""
+    return config_lib.load(spec)
 
 
 def summarize_for_print(results: Mapping[str, Any]) -> dict[str, Any]:
