@@ -131,6 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.momentum = 0.0  # sgd / rmsprop momentum
     c.optim.nesterov = False  # sgd Nesterov momentum
     c.optim.decay = 0.95  # rmsprop squared-gradient decay (char-rnn 0.95)
+    # rmsprop: where the squared-gradient average starts (optax's initial_scale;
+    # 0 as char-rnn, PyTorch and Keras; Arjovsky et al. 2016's code: 1e-3)
+    c.optim.initial_scale = 0.0
     c.optim.b1 = 0.9  # adam beta1
     c.optim.b2 = 0.999  # adam beta2
     c.optim.eps = 1e-8  # optimizer epsilon

@@ -80,7 +80,12 @@ OPTIMIZERS: dict[str, Callable[[Any, Schedule], optax.GradientTransformation]] =
     # sits is `eps_in_sqrt` (see config.py): char-rnn, PyTorch and Keras divide by
     # sqrt(v) + eps, optax's default by sqrt(v + eps).
     "rmsprop": lambda c, lr: optax.rmsprop(
-        lr, decay=c.decay, eps=c.eps, eps_in_sqrt=c.eps_in_sqrt, momentum=c.momentum or None
+        lr,
+        decay=c.decay,
+        eps=c.eps,
+        eps_in_sqrt=c.eps_in_sqrt,
+        initial_scale=c.get("initial_scale", 0.0),
+        momentum=c.momentum or None,
     ),
     "adam": lambda c, lr: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps),
     "adamw": lambda c, lr: optax.adamw(

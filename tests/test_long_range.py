@@ -91,6 +91,50 @@ def test_sweep_equals_separate_runs(separate_runs, vectorize):
     assert not np.allclose(res.train["loss"][0], res.train["loss"][1])
 
 
+def test_a_fixed_training_set_is_fixed():
+    """train_set_size N: every batch's rows are among N sequences, the same N at
+    every step, and each is the sequence its index gives (Arjovsky et al.'s
+    100k fixed sequences)."""
+    task = make_task("copy", gap=5, copy_len=3, n_symbols=4)
+    _, data_key = sweep.member_keys(0)
+    rows = {
+        tuple(np.asarray(x).ravel())
+        for s in range(20)
+        for x in sweep.sample_batch(task, data_key, s, 8, train_set_size=3).inputs
+    }
+    assert len(rows) == 3  # 160 rows drawn, 3 distinct sequences
+    fresh = {
+        tuple(np.asarray(x).ravel())
+        for s in range(4)
+        for x in sweep.sample_batch(task, data_key, s, 8).inputs
+    }
+    assert len(fresh) > 20
+    other_seed = sweep.sample_batch(task, sweep.member_keys(1)[1], 0, 8, train_set_size=3)
+    assert not {tuple(np.asarray(x).ravel()) for x in other_seed.inputs} <= rows
+
+
+@pytest.mark.slow
+def test_a_fixed_set_sweep_equals_separate_runs():
+    cfg = sweep.seq_config(TASK, MODEL)
+    kw = dict(num_steps=STEPS, batch_size=BATCH, train_set_size=16)
+    res = sweep.train_sweep(
+        TASK,
+        cfg,
+        _optim(1e-2),
+        MEMBERS[:1],
+        eval_every=2,
+        eval_batch_size=8,
+        stop_when_solved=False,
+        **kw,
+    )
+    params, losses = sweep.train_single(TASK, cfg, _optim(1e-2), MEMBERS[0], **kw)
+    np.testing.assert_allclose(res.train["loss"][0], losses, **TOL)
+    fresh, _ = sweep.train_single(TASK, cfg, _optim(1e-2), MEMBERS[0], STEPS, BATCH)
+    assert not np.allclose(
+        jax.tree.leaves(fresh)[0], jax.tree.leaves(sweep.member_params(res.params, 0))[0]
+    )
+
+
 @pytest.mark.slow
 def test_solved_member_stops_and_program_ends():
     """A member that meets its criterion stops updating at that evaluation; the

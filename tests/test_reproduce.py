@@ -22,14 +22,17 @@ def _cheap_compiles():
     jax.config.update("jax_disable_most_optimizations", previous)
 
 
-def _config(paper: str):
-    return common.load_config(reproduce.config_path(paper) + ":smoke")
+def _config(spec: str):
+    """`paper[:arg]`, made small: "arjovsky2016:paper" -> its `:paper,smoke`."""
+    paper, _, arg = spec.partition(":")
+    return common.load_config(f"{reproduce.config_path(paper)}:{arg + ',' if arg else ''}smoke")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("paper", reproduce.PAPERS)
-def test_smoke_config_runs_end_to_end(paper, tmp_path):
-    config = _config(paper)
+@pytest.mark.parametrize("spec", [*reproduce.PAPERS, "arjovsky2016:paper"])
+def test_smoke_config_runs_end_to_end(spec, tmp_path):
+    paper = spec.partition(":")[0]
+    config = _config(spec)
     results = reproduce.run(config, str(tmp_path))
     pts, members = long_range.validate(config)
     # one row per (cell, T, learning rate), each with the paper's and our columns

@@ -94,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_batch_size = 512  # held-out sequences the criterion is measured on
     c.train.stop_when_solved = True  # a member stops at its first solved evaluation
     c.train.steps_per_epoch = 100  # "epoch" of the epoch-based lr schedules (no real epochs)
+    # > 0: train on a fixed set of this many sequences (rows drawn with replacement),
+    # as a paper with a fixed training set; 0: fresh sequences every batch
+    c.train.train_set_size = 0
     c.train.progress = True  # print one line per evaluation
 
     c.sweep = ml_collections.ConfigDict()
@@ -247,6 +250,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             steps_per_epoch=t.steps_per_epoch,
             stop_when_solved=t.stop_when_solved,
             vectorize=config.sweep.vectorize,
+            train_set_size=t.train_set_size,
             log=say,
         )
         point_cols = _point_columns(config, p)

@@ -126,7 +126,13 @@ def train_point(
     data_keys = jnp.stack([sweep.member_keys(m.seed)[1] for m in members])
     batch = sweep.eval_batch(task, config.eval_seed, t.eval_batch_size)
     chunk_fn = sweep.make_chunk(
-        SequenceModel(seq_cfg), task, optimizer, t.batch_size, t.eval_every, config.sweep.vectorize
+        SequenceModel(seq_cfg),
+        task,
+        optimizer,
+        t.batch_size,
+        t.eval_every,
+        config.sweep.vectorize,
+        t.train_set_size,
     )
     k = len(members)
     ckpt = Checkpointer(directory, keep=1)

@@ -138,17 +138,22 @@ def make_step(
     task: Task,
     optimizer: optax.GradientTransformationExtraArgs,
     batch_size: int,
+    train_set_size: int = 0,
 ) -> Callable[..., tuple[Params, Any, dict[str, Array]]]:
     """`step(params, opt_state, data_key, index, lr_scale=None) -> (params,
     opt_state, metrics)`: sample batch `index`, one optimizer update (updates
-    times `lr_scale` when given). Pure; jit or vmap it."""
+    times `lr_scale` when given). Pure; jit or vmap it.
+
+    `train_set_size` N > 0: the batches come from a fixed training set of N
+    sequences (sequence j drawn from `fold_in(set key, j)`, the set key fixed
+    per member), rows picked uniformly with replacement (`sample_batch`)."""
 
     def loss_fn(params, batch: TaskBatch):
         outputs, _ = model.apply(params, batch.inputs)  # [B, O] or [B, T, O]
         return task.loss(outputs, batch)
 
     def step(params, opt_state, data_key, index, lr_scale=None):
-        batch = task.sample(jax.random.fold_in(data_key, index), batch_size)
+        batch = sample_batch(task, data_key, index, batch_size, train_set_size)
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params, value=loss)
         if lr_scale is not None:
@@ -157,6 +162,21 @@ def make_step(
         return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return step
+
+
+def sample_batch(
+    task: Task, data_key: Array, index: Array | int, batch_size: int, train_set_size: int = 0
+) -> TaskBatch:
+    """Batch `index` of a member: fresh sequences from `fold_in(data_key,
+    index)`, or with `train_set_size` N > 0, `batch_size` of the N fixed ones
+    (as a paper that trains on a fixed set: Arjovsky et al. 2016 use 100k)."""
+    key = jax.random.fold_in(data_key, index)
+    if not train_set_size:
+        return task.sample(key, batch_size)
+    rows = jax.random.randint(key, (batch_size,), 0, train_set_size)  # [B]
+    set_key = jax.random.fold_in(data_key, 2**31 - 1)  # the member's set (no step's index)
+    one = jax.vmap(lambda j: task.sample(jax.random.fold_in(set_key, j), 1))(rows)
+    return jax.tree.map(lambda x: x[:, 0], one)  # [B, 1, ...] -> [B, ...]
 
 
 def make_eval(model: SequenceModel, task: Task) -> Callable[[Params, TaskBatch], dict]:
@@ -188,6 +208,7 @@ def train_single(
     num_steps: int,
     batch_size: int,
     steps_per_epoch: int = 100,
+    train_set_size: int = 0,
 ) -> tuple[Params, np.ndarray]:
     """Trains one model the plain way (its own config, its own optimizer at
     `member.learning_rate`). Returns (params, training losses [num_steps])."""
@@ -200,7 +221,7 @@ def train_single(
         with_learning_rate(optim_config, member.learning_rate), steps_per_epoch
     )
     opt_state = optimizer.init(params)
-    step_fn = jax.jit(make_step(model, task, optimizer, batch_size))
+    step_fn = jax.jit(make_step(model, task, optimizer, batch_size, train_set_size))
     losses = []
     for s in range(num_steps):
         params, opt_state, metrics = step_fn(params, opt_state, data_key, s)
@@ -260,6 +281,7 @@ def make_chunk(
     batch_size: int,
     chunk: int,
     vectorize: str = "vmap",
+    train_set_size: int = 0,
 ) -> Callable:
     """The compiled program: `chunk` steps of all K members, then their evaluation.
 
@@ -273,7 +295,7 @@ def make_chunk(
     CPU, where XLA's batched matmuls are slow, about twice as fast).
     """
     check_vectorize(vectorize)
-    step = make_step(model, task, optimizer, batch_size)
+    step = make_step(model, task, optimizer, batch_size, train_set_size)
     evaluate = make_eval(model, task)
 
     def member_chunk(params, opt_state, lr_scale, data_key, active, start, batch):
@@ -344,6 +366,7 @@ def train_sweep(
     steps_per_epoch: int = 100,
     stop_when_solved: bool = True,
     vectorize: str = "vmap",
+    train_set_size: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Trains the K `members` on `task` in one vmapped program.
@@ -372,7 +395,7 @@ def train_sweep(
     lr_scales = jnp.asarray([m.learning_rate / base_lr for m in members], jnp.float32)
     data_keys = jnp.stack([member_keys(m.seed)[1] for m in members])
     batch = eval_batch(task, eval_seed, eval_batch_size)
-    chunk_fn = make_chunk(model, task, optimizer, batch_size, eval_every, vectorize)
+    chunk_fn = make_chunk(model, task, optimizer, batch_size, eval_every, vectorize, train_set_size)
 
     active = np.ones(k, bool)
     solved_step: list[int | None] = [None] * k
