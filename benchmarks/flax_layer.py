@@ -1,6 +1,6 @@
 """A Flax model with our LSTM against the same model with Flax's own layer.
 
-    python -m benchmarks.flax_layer [--shapes char_rnn,seeds,dnd_word] [--impls fused,onednn]
+    python -m benchmarks.flax_layer [--shapes char_rnn,course_project,dnd_word] [--impls ...]
 
 Both models are `Embed -> L stacked LSTM layers -> Dense` in flax.linen, one
 with `nn.RNN(nn.OptimizedLSTMCell(H))` per layer, the other with
@@ -29,7 +29,7 @@ from lstm_jax import linen as lj
 from lstm_jax.bench import TRAIN_CONFIGS, Shape
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("shapes", ["char_rnn", "seeds", "dnd_word"], "Names in TRAIN_CONFIGS.")
+flags.DEFINE_list("shapes", ["char_rnn", "course_project", "dnd_word"], "Names in TRAIN_CONFIGS.")
 flags.DEFINE_list("impls", ["fused", "onednn"], "Our layer implementations to time.")
 flags.DEFINE_integer("steps", 20, "Timed steps per turn.")
 flags.DEFINE_integer("turns", 5, "Turns of each model (the median is over turns).")

@@ -36,7 +36,7 @@ def get_config(arg: str | None = None):
     c.model.forget_bias = 1.0
 
     c.train.batch_size = 32
-    c.train.seq_len = 15  # the seeds' 15-word windows
+    c.train.seq_len = 15  # the course project's 15-word windows
     c.train.num_steps = 1500  # ~16 epochs; the best checkpoint by val loss is kept
     c.train.eval_every = 250
     c.train.checkpoint_every = 250
@@ -46,7 +46,7 @@ def get_config(arg: str | None = None):
 
     c.optim.name = "rmsprop"
     c.optim.learning_rate = 1e-3
-    c.optim.decay = 0.9  # Keras's RMSprop rho, as the seeds used
+    c.optim.decay = 0.9  # Keras's RMSprop rho, as the course project used
     c.optim.eps = 1e-7  # Keras's epsilon, added outside the square root
     c.optim.eps_in_sqrt = False
     c.optim.clip_mode = "global_norm"

@@ -23,11 +23,11 @@ def get_config(arg: str | None = None):
     c.model.embed_dim = 128
 
     c.train.batch_size = 16
-    c.train.seq_len = 5 if "5" in args else 3  # the seeds' window of 3 or 5 words
+    c.train.seq_len = 5 if "5" in args else 3  # the course project's window of 3 or 5 words
     c.train.num_steps = 2000
     c.train.eval_every = 200
     c.train.checkpoint_every = 500
-    c.data.batching = "windows"  # independent windows, as the seeds' Keras model saw them
+    c.data.batching = "windows"  # independent windows, as the course project's Keras model saw them
 
     c.optim.name = "sgd"
     c.optim.learning_rate = 0.1

@@ -1,7 +1,7 @@
 """Throughput and memory benchmark, side by side with the peers (not a test).
 
     python -m lstm_jax.bench                                  # the backend's configs
-    python -m lstm_jax.bench --configs seeds,sample --steps 20
+    python -m lstm_jax.bench --configs course_project,sample --steps 20
     python -m lstm_jax.bench --configs long_seq               # memory vs T, remat on/off
     python -m lstm_jax.bench --json                           # JSON lines on stdout
     python -m lstm_jax.bench --json rows.jsonl --budget_s 300 # JSON lines to a file, 5 min
@@ -51,7 +51,7 @@ other, never concurrently, so they do not fight for the cores):
   every activation buffer; torch: growth of the process's peak RSS over the
   training loop (params are created before it, Adam state inside it).
   The "onednn" row's figure leaves out what oneDNN allocates itself (its
-  scratchpad, ~27 MB at the seeds' size, and per-call weight reorders).
+  scratchpad, ~27 MB at the course project's size, and per-call weight reorders).
 - roofline: train FLOPs per token (3x the forward matmul FLOPs: the LSTM's
   input and recurrent matmuls and the readout) x tokens/s, as a fraction of
   the best n^3 matmul rate of JAX's default device measured in this run, at
@@ -63,7 +63,7 @@ other, never concurrently, so they do not fight for the cores):
 - long_seq: the char-rnn model at T = 1,000 and 10,000 with "scan", "fused"
   and "fused_remat": peak memory and tokens/s.
 - cells: "scan" vs "fused" train tokens/s for LSTM, GRU and tanh-RNN at the
-  char_rnn and seeds shapes (no peers).
+  char_rnn and course_project shapes (no peers).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Shape:
 # word tokenizer builds from the SRD spells at min_count=2 (1,914 words).
 TRAIN_CONFIGS: dict[str, Shape] = {
     "char_rnn": Shape(65, 64, 128, 2, 50, 50),  # karpathy/char-rnn defaults
-    "seeds": Shape(65, 64, 512, 2, 64, 100),  # the seeds' char model size
+    "course_project": Shape(65, 64, 512, 2, 64, 100),  # the course project's char model size
     "zaremba_small": Shape(10000, 200, 200, 2, 20, 20),  # Zaremba et al. 2014, small
     "dnd_word": Shape(1914, 256, 512, 3, 32, 15),  # the headline word-level run
     # GPU sizes: Zaremba et al. 2014's medium model (2x650, PTB's 10k words,
@@ -133,14 +133,24 @@ SAMPLE_SHAPE = Shape(65, 64, 128, 2, 1, 1000)  # char-rnn model; batch = streams
 SAMPLE_STREAMS = (1, 64)
 LONG_SEQ_SHAPE = Shape(65, 64, 128, 2, 50, 0)  # char-rnn model; seq from LONG_SEQ_T
 LONG_SEQ_T = (1000, 10000)
-CELLS_SHAPES = ("char_rnn", "seeds")  # "cells": scan vs fused for every cell type
+CELLS_SHAPES = ("char_rnn", "course_project")  # "cells": scan vs fused for every cell type
 CELL_TYPES = ("lstm", "gru", "rnn_tanh")
 ALL_CONFIGS = (*TRAIN_CONFIGS, "sample", "long_seq", "cells")
+# Older names, still accepted (results files and commands in docs/performance_log.md use them).
+CONFIG_ALIASES = {"seeds": "course_project"}
 # Default sets per backend: a GPU runs the sizes the accelerator goals are
 # stated at (the headline ones first, so that a --budget_s cut drops the rest);
 # a CPU runs the CPU sizes and studies.
-GPU_CONFIGS = ("seeds", "dnd_word", "gpu_2x1024", "char_rnn", "gpu_2x650", "sample")
-CPU_CONFIGS = ("char_rnn", "seeds", "zaremba_small", "dnd_word", "sample", "long_seq", "cells")
+GPU_CONFIGS = ("course_project", "dnd_word", "gpu_2x1024", "char_rnn", "gpu_2x650", "sample")
+CPU_CONFIGS = (
+    "char_rnn",
+    "course_project",
+    "zaremba_small",
+    "dnd_word",
+    "sample",
+    "long_seq",
+    "cells",
+)
 GPU_IMPLS = ("fused", "cudnn", "fused_bf16")
 OUR_IMPLS = ("scan", "fused")
 BF16_IMPLS = ("fused_bf16", "torch_bf16")  # rows whose matmuls run in bf16
@@ -1099,7 +1109,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         value = getattr(args, field)
         if value is None:
             continue  # the backend's default, set by resolve_defaults
-        chosen = [c for c in value.split(",") if c]
+        chosen = [CONFIG_ALIASES.get(c, c) for c in value.split(",") if c]
         bad = sorted(set(chosen) - set(valid))
         if bad:
             p.error(f"unknown {field} {bad}; valid: {list(valid)}")

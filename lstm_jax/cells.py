@@ -118,7 +118,7 @@ class _CellBase:
 @dataclasses.dataclass(frozen=True)
 class LSTM(_CellBase):
     """Long short-term memory (Hochreiter & Schmidhuber 1997, with the forget
-    gate of Gers et al. 2000), the seeds' equations, gates fused as (i, f, g, o):
+    gate of Gers et al. 2000), the course project's equations, gates fused as (i, f, g, o):
 
         i = s(W_i [h, x] + b_i)      f = s(W_f [h, x] + b_f)
         g = tanh(W_g [h, x] + b_g)   o = s(W_o [h, x] + b_o)

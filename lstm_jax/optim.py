@@ -76,7 +76,7 @@ OPTIMIZERS: dict[str, Callable[[Any, Schedule], optax.GradientTransformation]] =
     # Merity et al. 2017 (AWD-LSTM): SGD at a constant rate, then the average of
     # the iterates from a trigger on (`nt_average`; AWD: lr 30, clip 0.25, n 5).
     "nt_asgd": lambda c, lr: optax.sgd(lr, momentum=c.momentum or None, nesterov=c.nesterov),
-    # char-rnn's RMSProp: decay 0.95; the seeds used Keras's rho 0.9. Where eps
+    # char-rnn's RMSProp: decay 0.95; the course project used Keras's rho 0.9. Where eps
     # sits is `eps_in_sqrt` (see config.py): char-rnn, PyTorch and Keras divide by
     # sqrt(v) + eps, optax's default by sqrt(v + eps).
     "rmsprop": lambda c, lr: optax.rmsprop(

@@ -63,7 +63,7 @@ else
   TRAIN_TIMEOUT=120
   SAMPLE_ARGS=(--num_samples 64 --length 200)
   # sampling first, then the configs of the GPU goals (docs/performance.md), headline first
-  BENCH_ARGS=(--configs sample,seeds,dnd_word,gpu_2x1024,char_rnn,gpu_2x650
+  BENCH_ARGS=(--configs sample,course_project,dnd_word,gpu_2x1024,char_rnn,gpu_2x650
     --impls fused,cudnn,fused_bf16)
 fi
 

@@ -12,7 +12,7 @@ readout, cross-entropy, clip, Adam; vocab 65) against the recurrent stack
 alone (forward + backward of sum(outputs)): the same figures that
 scripts/profile_fused_loop.py prints for ours. Medians over --rounds rounds
 that call each measured function once in turn. Shape defaults to the
-benchmark's "seeds" config (T=100, B=64, E=64, H=512, 2 layers). Give it the
+benchmark's "course_project" config (T=100, B=64, E=64, H=512, 2 layers). Give it the
 allocator settings of `lstm_jax.host.malloc_env()` through the environment to
 compare with ours:
 

@@ -75,7 +75,9 @@ def test_torch_rows_per_device():
     sub = bench.torch_runs(bench.TorchPeer("subprocess", "cpu"), args, "train")
     assert [r.key for r in sub] == ["torch", "torch_1t", "torch_retain", "torch_1t_retain"]
     assert bench.torch_runs(bench.TorchPeer("none"), args, "train") == []
-    bf16 = bench.Row("seeds", "torch_bf16", bench.TRAIN_CONFIGS["seeds"], times=[1.0])
+    bf16 = bench.Row(
+        "course_project", "torch_bf16", bench.TRAIN_CONFIGS["course_project"], times=[1.0]
+    )
     assert bf16.compute_dtype == "bfloat16"
 
 
@@ -108,12 +110,12 @@ def test_roofline_uses_the_backends_rate():
         with pytest.raises(RuntimeError, match="no JAX backend 'gpu'"):
             bench.measure_matmul_rates("gpu", n=64, reps=1)
     # Each row against its own dtype's rate: 1e6 tokens/s x ~20 MFLOP/token.
-    seeds = bench.TRAIN_CONFIGS["seeds"]
-    flops = 1e6 * seeds.train_flops_per_token
-    steps = [seeds.batch * seeds.seq / 1e6] * 3  # 1e6 tokens/s
+    course_project = bench.TRAIN_CONFIGS["course_project"]
+    flops = 1e6 * course_project.train_flops_per_token
+    steps = [course_project.batch * course_project.seq / 1e6] * 3  # 1e6 tokens/s
     rates = bench.MatmulRates("gpu", "test", {"float32": 50_000.0, "bfloat16": 800_000.0})
-    fp32 = bench.Row("seeds", "fused", seeds, times=steps)
-    bf16 = bench.Row("seeds", "fused_bf16", seeds, times=steps)
+    fp32 = bench.Row("course_project", "fused", course_project, times=steps)
+    bf16 = bench.Row("course_project", "fused_bf16", course_project, times=steps)
     assert bench.roofline_fraction(fp32, rates) == pytest.approx(flops / 50_000e9)
     assert bench.roofline_fraction(bf16, rates) == pytest.approx(flops / 800_000e9)
     row = bf16.as_json(rates, {})
@@ -121,11 +123,11 @@ def test_roofline_uses_the_backends_rate():
 
 
 def test_bf16_rows_compare_with_torch_bf16():
-    seeds = bench.TRAIN_CONFIGS["seeds"]
-    ours = bench.Row("seeds", "fused_bf16", seeds, times=[1.0])
-    fp32 = bench.Row("seeds", "fused", seeds, times=[1.0])
-    t32 = bench.Row("seeds", "torch", seeds, times=[4.0])
-    t16 = bench.Row("seeds", "torch_bf16", seeds, times=[2.0])
+    course_project = bench.TRAIN_CONFIGS["course_project"]
+    ours = bench.Row("course_project", "fused_bf16", course_project, times=[1.0])
+    fp32 = bench.Row("course_project", "fused", course_project, times=[1.0])
+    t32 = bench.Row("course_project", "torch", course_project, times=[4.0])
+    t16 = bench.Row("course_project", "torch_bf16", course_project, times=[2.0])
     assert bench.ratios(ours, [ours, t32, t16])["vs_torch_best"] == pytest.approx(2.0)
     assert bench.ratios(fp32, [fp32, t32, t16])["vs_torch_best"] == pytest.approx(4.0)
 
@@ -137,8 +139,8 @@ def test_budget_counts_from_its_start():
     assert budget.fits() and budget.fits(9.0) and not budget.fits(10.5)
     clock.now = 110.5
     assert not budget.fits()
-    budget.skip("seeds")
-    assert budget.note() == "--budget_s 10 spent; skipped: seeds"
+    budget.skip("course_project")
+    assert budget.note() == "--budget_s 10 spent; skipped: course_project"
     assert bench.Budget(None, clock).fits(1e9) and bench.Budget(None).note() is None
 
 
@@ -151,9 +153,9 @@ def test_a_round_that_cannot_finish_does_not_start():
         calls.append(clock.now)
         clock.now += 0.6  # 0.4 s left after the first: a second would overrun
 
-    bench._run_rounds("seeds", budget, 3, one_round)
+    bench._run_rounds("course_project", budget, 3, one_round)
     assert calls == [0.0]
-    assert budget.skipped == ["seeds: rounds 2-3 of 3"]
+    assert budget.skipped == ["course_project: rounds 2-3 of 3"]
 
 
 def test_rows_stream_and_budget_stops_the_run():
@@ -213,10 +215,10 @@ def test_cli_options():
             bench.parse_args(bad)
     gpu = bench.resolve_defaults(bench.parse_args([]), "gpu")
     assert gpu.configs == list(bench.GPU_CONFIGS) and gpu.impls == list(bench.GPU_IMPLS)
-    assert {"gpu_2x650", "gpu_2x1024", "seeds", "dnd_word", "char_rnn"} <= set(gpu.configs)
+    assert {"gpu_2x650", "gpu_2x1024", "course_project", "dnd_word", "char_rnn"} <= set(gpu.configs)
     cpu = bench.resolve_defaults(bench.parse_args([]), "cpu")
     assert cpu.configs == list(bench.CPU_CONFIGS) and "gpu_2x1024" not in cpu.configs
     assert bench.TRAIN_CONFIGS["gpu_2x650"] == bench.Shape(10000, 650, 650, 2, 128, 35)
     assert bench.TRAIN_CONFIGS["gpu_2x1024"] == bench.Shape(10000, 1024, 1024, 2, 256, 64)
-    explicit = bench.resolve_defaults(bench.parse_args(["--configs", "seeds"]), "gpu")
-    assert explicit.configs == ["seeds"]
+    explicit = bench.resolve_defaults(bench.parse_args(["--configs", "course_project"]), "gpu")
+    assert explicit.configs == ["course_project"]

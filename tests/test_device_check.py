@@ -47,10 +47,10 @@ def test_report_table(tmp_path):
     }
     (tmp_path / "train_summary.json").write_text(json.dumps(summary))
     rows = [
-        _row("seeds", "fused", 900_000.0),
-        _row("seeds", "torch", 300_000.0),
-        _row("seeds", "fused_bf16", 1_200_000.0),
-        _row("seeds", "torch_bf16", 400_000.0),
+        _row("course_project", "fused", 900_000.0),
+        _row("course_project", "torch", 300_000.0),
+        _row("course_project", "fused_bf16", 1_200_000.0),
+        _row("course_project", "torch_bf16", 400_000.0),
         _row("sample", "generate", 50_000.0, batch=64),
         _row("sample", "torch", 5_000.0, batch=64),
     ]
@@ -63,8 +63,8 @@ def test_report_table(tmp_path):
     assert "| time outside the train step | 7.5% |" in lines
     assert "| train time (s) | steps 30.0, compile_train 9.5, evals 2.0 |" in lines
     assert "| sample CLI | 60.0 s wall, timed out |" in lines
-    seeds = next(line for line in lines if line.startswith("| seeds |"))
-    assert seeds.endswith("| 3.00x | 3.00x |")  # fused / torch, bf16 / torch bf16
+    course_project = next(line for line in lines if line.startswith("| course_project |"))
+    assert course_project.endswith("| 3.00x | 3.00x |")  # fused / torch, bf16 / torch bf16
     assert "| 64 streams | 50.0k | 5,000 | 10.00x |" in lines
 
 

@@ -35,7 +35,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.num_steps = 1500  # SGD steps per run
     c.train.batch_size = 32  # random windows per step
     c.train.seq_len = 25  # min-char-rnn's unroll length
-    c.train.learning_rates = (0.01, 0.03, 0.1)  # plain SGD step sizes (the seeds' lr: 0.1)
+    c.train.learning_rates = (
+        0.01,
+        0.03,
+        0.1,
+    )  # plain SGD step sizes (the course project's lr: 0.1)
     c.train.sum_over_time = True  # loss summed over the T steps (min-char-rnn), mean over B
     c.train.clip_norm = 5.0  # global-norm threshold (Pascanu et al. Algorithm 1)
     c.train.clip_value = 5.0  # per-element bound (min-char-rnn's np.clip(dparam, -5, 5))

@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_layers = (2, 3)  # depth axis: layers of 512
     # None = the base config's batching ("streams": TBPTT, the carry crosses windows, so
     # the window is the BPTT length); "windows" = independent shuffled windows whose
-    # context is the window itself, as in the seeds' Keras model
+    # context is the window itself, as in the course project's Keras model
     c.batching = config_dict.placeholder(str)
     # training words per run (= steps x batch 32 x window): 200 steps at window 15,
     # ~2 epochs of the ~46k training words; a CPU budget, far from convergence

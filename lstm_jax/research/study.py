@@ -123,7 +123,7 @@ def variant_config(
     if "optimizer" in overrides:
         c.optim.name, c.optim.learning_rate = parse_optimizer(overrides["optimizer"])
         if c.optim.name == "sgd":
-            c.optim.momentum = 0.0  # plain SGD, as the seeds ran it
+            c.optim.momentum = 0.0  # plain SGD, as the course project ran it
     if "seq_len" in overrides:
         c.train.seq_len = int(overrides["seq_len"])
     if "num_layers" in overrides:
