@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -404,6 +405,12 @@ class SequenceModel(_RecurrentModel):
     def param_count(self) -> int:
         c = self.config
         return self._stack_param_count(c.input_dim) + c.hidden_size * c.output_dim + c.output_dim
+
+
+def build_model(model_config: Mapping[str, Any], vocab_size: int) -> LanguageModel:
+    """The language model a config's `model` section describes, for a vocabulary
+    of `vocab_size`: the one place train, sample and the scripts build it."""
+    return LanguageModel(LMConfig(vocab_size=vocab_size, **dict(model_config)))
 
 
 def count_params(params: Any) -> int:

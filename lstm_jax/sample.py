@@ -56,7 +56,7 @@ from lstm_jax import cli, host
 from lstm_jax.checkpoint import Checkpointer, CheckpointError, flat_leaves
 from lstm_jax.data.corpora import RECORD_SEPARATOR
 from lstm_jax.data.tokenizers import Tokenizer, tokenizer_from_json
-from lstm_jax.model import LanguageModel, LMConfig
+from lstm_jax.model import LanguageModel, LMConfig, build_model
 
 Array = jax.Array
 Params = Any
@@ -829,10 +829,8 @@ def _model_and_tokenizer(
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"the tokenizer in {source} is unreadable: {e}") from e
     config, source = _from_meta_or_file(meta, "config", workdir / "config.json", "config", where)
-    try:  # as train.build_model (not imported: train.py imports this module)
-        model = sampling_model(
-            LanguageModel(LMConfig(vocab_size=tokenizer.vocab_size, **config["model"]))
-        )
+    try:
+        model = sampling_model(build_model(config["model"], tokenizer.vocab_size))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"the config in {source} does not define a model: {e}") from e
     return model, tokenizer

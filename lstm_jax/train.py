@@ -65,6 +65,7 @@ from ml_collections import config_flags
 
 from lstm_jax import cli, host, optim, parallel, watchdog
 from lstm_jax import config as config_lib
+from lstm_jax import model as model_lib
 from lstm_jax import sample as sampling
 from lstm_jax.checkpoint import (
     Checkpointer,
@@ -80,7 +81,7 @@ from lstm_jax.metrics import (
     per_token_report,
     unigram_loss,
 )
-from lstm_jax.model import LanguageModel, LastHidden, LMConfig, count_params
+from lstm_jax.model import LanguageModel, LastHidden, count_params
 
 
 class TrainState(NamedTuple):
@@ -159,7 +160,7 @@ def check_splits(data: Data, config: ml_collections.ConfigDict) -> None:
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> LanguageModel:
-    return LanguageModel(LMConfig(vocab_size=vocab_size, **config.model.to_dict()))
+    return model_lib.build_model(config.model.to_dict(), vocab_size)
 
 
 def init_state(

@@ -15,8 +15,8 @@ section numbers are unverified.
 Expected wall time, CPU (2-core AMD EPYC, shared, measured 2026-11-28), 2 seeds, the 3,000-update
 budget: delay 100 ~3-4 min under load; delays 200, 300 and 500 in 116, 173 and 286 s (about 10
 min for the three) with the machine quiet. `:paper` (50,000 updates per member): delay 100 in
-1,256 s for both seeds (2026-12-06, at nice 19 beside other work); longer delays cost about
-T + 20 steps' worth more. GPU: not measured. Details in docs/research_tasks.md
+1,256 s for both seeds (2026-12-06, at nice 19 beside other work); the cost grows with the
+sequence length T + 20. GPU: not measured. Details in docs/research_tasks.md
 ("Reproducing the papers").
 """
 
