@@ -215,6 +215,16 @@ def check_options(vocab_size: int | None, temperature: float, top_k: int, length
         raise ValueError(f"length must be >= 1, got {length}")
 
 
+def _checked_ids(prime_ids: Array | np.ndarray, stop_id: int | None, vocab: int) -> np.ndarray:
+    """The prime's ids as an array, and the prime and `stop_id` within the vocabulary."""
+    ids = np.asarray(prime_ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise ValueError(f"prime ids out of range for a vocabulary of {vocab}")
+    if stop_id is not None and not 0 <= stop_id < vocab:
+        raise ValueError(f"stop_id {stop_id} out of range for a vocabulary of {vocab}")
+    return ids
+
+
 def generate(
     model: LanguageModel,
     params: Params,
@@ -239,11 +249,7 @@ def generate(
     check_options(vocab, temperature, top_k, length)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    ids = np.asarray(prime_ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-        raise ValueError(f"prime ids out of range for a vocabulary of {vocab}")
-    if stop_id is not None and not 0 <= stop_id < vocab:
-        raise ValueError(f"stop_id {stop_id} out of range for a vocabulary of {vocab}")
+    ids = _checked_ids(prime_ids, stop_id, vocab)
     config = sampling_model(model).config
     carry, logits, prime_logprobs = warm_carry(model, params, ids, num_samples)
     tokens, lengths, logprobs = _sample_loop(
@@ -445,11 +451,7 @@ def beam_search(
         raise ValueError(f"length must be >= 1, got {length}")
     _check_length_penalty(length_penalty)
     _check_beam_size(vocab, beam, length)
-    ids = np.asarray(prime_ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-        raise ValueError(f"prime ids out of range for a vocabulary of {vocab}")
-    if stop_id is not None and not 0 <= stop_id < vocab:
-        raise ValueError(f"stop_id {stop_id} out of range for a vocabulary of {vocab}")
+    ids = _checked_ids(prime_ids, stop_id, vocab)
     config = sampling_model(model).config
     carry, logits, prime_logprobs = warm_carry(model, params, ids, beam)
     tokens, scores, lengths, logprobs = _beam_loop(
