@@ -193,6 +193,7 @@ def test_bench_cli_and_json_rows():
         bench.parse_args(["--impls", "no_such_impl"])
     args = bench.parse_args(["--configs", "seeds", "--threads", "2,1", "--xla_option", "a=1"])
     assert args.threads == [2, 1] and args.compiler_options == {"a": 1}
+    assert args.configs == ["course_project"]  # the config's older name still works
     args = bench.parse_args(["--impls", "scan,fused", "--cpu_devices", "2"])
     assert args.impls == ["scan", "fused", "scan@2cpu", "fused@2cpu"]
     assert bench.split_impl("fused@2cpu") == ("fused", 2, "default")
@@ -208,10 +209,10 @@ def test_bench_cli_and_json_rows():
     assert bench.label(split) == "ours: fused (custom VJP), rows over 2 CPU devices"
     with pytest.raises(SystemExit):
         bench.parse_args(["--cpu_devices", "-1"])
-    seeds = bench.TRAIN_CONFIGS["seeds"]
-    assert seeds.train_flops_per_token == pytest.approx(19.9e6, rel=0.01)
-    ours = bench.Row("seeds", "fused", seeds, times=[0.5, 1.0, 0.75], cpu=[1.0, 1.0, 1.0])
-    peer = bench.Row("seeds", "torch", seeds, times=[1.5, 1.5, 1.5], cpu=[1.0, 1.0, 1.0])
+    shape = bench.TRAIN_CONFIGS["course_project"]
+    assert shape.train_flops_per_token == pytest.approx(19.9e6, rel=0.01)
+    ours = bench.Row("course_project", "fused", shape, times=[0.5, 1.0, 0.75], cpu=[1.0, 1.0, 1.0])
+    peer = bench.Row("course_project", "torch", shape, times=[1.5, 1.5, 1.5], cpu=[1.0, 1.0, 1.0])
     rates = bench.MatmulRates("cpu", "cpu", {"float32": 270.0})
     row = ours.as_json(rates, bench.ratios(ours, [ours, peer]))
     shape_keys = {"vocab", "embed", "hidden", "layers", "batch", "seq"}
@@ -225,7 +226,7 @@ def test_bench_cli_and_json_rows():
         bench.parse_args(["--torch_malloc", "jemalloc"])
     assert bench.torch_impl(2, [2, 1], "retain") == "torch_retain"
     assert bench.torch_impl(1, [2, 1], "default") == "torch_1t"
-    fast = bench.Row("seeds", "torch_retain", seeds, times=[0.5, 0.5, 0.5], cpu=[1.0] * 3)
+    fast = bench.Row("course_project", "torch_retain", shape, times=[0.5, 0.5, 0.5], cpu=[1.0] * 3)
     both = bench.ratios(ours, [ours, peer, fast])
     assert both["vs_torch"] == pytest.approx(2.0)
     assert both["vs_torch_best"] == pytest.approx(2 / 3)
