@@ -93,7 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 200
     c.train.keep_checkpoints = 2  # latest checkpoints kept, >= 1 (plus the best by val loss)
     c.train.restore_fallback = False  # a damaged newest checkpoint: resume from the newest good one
-    c.train.max_eval_batches = 0  # cap validation batches (0 = the whole split)
+    # cap validation batches (0 = the whole split: tokens / (B x T) batches, each about a
+    # third of a train step; docs/data.md)
+    c.train.max_eval_batches = 0
     c.train.sample_length = 0  # tokens sampled at each evaluation (0 = off)
     c.train.sample_prime = ""  # prime text for those samples ("" = record start)
     c.train.progress = True  # show a progress bar
