@@ -109,6 +109,8 @@ def test_hit_miss_and_rebuild(two_files, tmp_path):
         (lambda e: (e / "manifest.json").unlink(), "no manifest"),
         (lambda e: (e / "ids.bin").unlink(), "no ids.bin"),
         (lambda e: (e / "tokenizer.json").unlink(), "no tokenizer.json"),
+        (lambda e: (e / "tokenizer.json").write_text("[1, 2"), "unreadable tokenizer.json"),
+        (lambda e: (e / "manifest.json").write_text('{"format": 1}'), "without its fields"),
     ],
 )
 def test_a_damaged_entry_is_rebuilt_never_used(two_files, tmp_path, damage, why):

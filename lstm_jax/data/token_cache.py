@@ -59,6 +59,7 @@ __all__ = ["CacheError", "Prepared", "cache_root", "prepare"]
 FORMAT = 1
 _IDS, _TOKENIZER, _MANIFEST = "ids.bin", "tokenizer.json", "manifest.json"
 _SCRATCH = "provisional.u32"
+_MANIFEST_FIELDS = ("dtype", "tokens", "bounds", "ids_bytes", "ids_crc32")
 _BLOCK = 1 << 24  # ids per block when renumbering, hashing and counting (16M)
 
 
@@ -135,8 +136,10 @@ def _check_entry(entry: Path, key: str) -> str | None:
         return "no manifest"
     except (OSError, ValueError) as e:
         return f"unreadable manifest ({e})"
-    if manifest.get("format") != FORMAT or manifest.get("key") != key:
-        return "a manifest of another format or key"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return "a manifest of another format"
+    if manifest.get("key") != key or not all(k in manifest for k in _MANIFEST_FIELDS):
+        return "a manifest of another key, or without its fields"
     ids = entry / _IDS
     try:
         size = ids.stat().st_size
@@ -146,8 +149,12 @@ def _check_entry(entry: Path, key: str) -> str | None:
         return f"{_IDS} has {size:,} bytes, the manifest says {manifest['ids_bytes']:,}"
     if _crc32_of(ids) != manifest["ids_crc32"]:
         return f"{_IDS} does not match its CRC-32"
-    if not (entry / _TOKENIZER).is_file():
+    try:
+        tokenizers.load_tokenizer(entry / _TOKENIZER)
+    except FileNotFoundError:
         return f"no {_TOKENIZER}"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable {_TOKENIZER} ({e})"
     return None
 
 
