@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 
+import helpers
 import jax
 import numpy as np
 import pytest
@@ -171,16 +172,10 @@ def test_cpu_devices_must_not_be_negative():
 
 def test_two_processes_equal_one_and_resume_on_one(reference, tmp_path):
     wd = tmp_path / "wd"
-    command = [
-        sys.executable,
-        "-m",
-        "lstm_jax.train",
-        "--config",
-        "configs/dnd.py:smoke",
-        "--workdir",
-        str(wd),
+    command = helpers.train_cli(
+        wd,
         *cli_overrides(**{"train.num_steps": HALF}),
-    ]
+    )
     code, out = run_local(2, command, 240, launcher_args=["--cpu_devices_per_process", "2"])
     assert code == 0, out[-4000:]
     assert "2 process(es) x 2 cpu device(s) = 4" in out

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -390,20 +391,14 @@ def test_kill_9_during_saves_always_resumes_exactly(tmp_path):
     exact = 0
     for trial in range(KILL_TRIALS):
         wd = tmp_path / f"trial{trial}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "lstm_jax.train",
-            "--config",
-            "configs/dnd.py:smoke",
-            "--workdir",
-            str(wd),
+        cmd = helpers.train_cli(
+            wd,
             "--config.train.num_steps=100000",
             "--config.train.checkpoint_every=1",
             "--config.train.eval_every=0",
             "--config.train.log_every=1",
             "--config.train.keep_checkpoints=2",
-        ]
+        )
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # kill while the save of step >= `at` is being written, after a random delay
         at, delay = 2 + 3 * trial, rng.uniform(0, 0.05)

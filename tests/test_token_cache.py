@@ -302,16 +302,10 @@ def test_two_training_processes_share_one_cache_and_equal_one(tmp_path, story):
     overrides = {"data.corpus": "text", "data.path": str(story), "data.cache_dir": str(cache)}
     reference = helpers.smoke_config(**overrides, **{"data.cache": False})
     train.train_and_evaluate(reference, str(ref))
-    command = [
-        sys.executable,
-        "-m",
-        "lstm_jax.train",
-        "--config",
-        "configs/dnd.py:smoke",
-        "--workdir",
-        str(wd),
+    command = helpers.train_cli(
+        wd,
         *helpers.cli_overrides(**overrides),
-    ]
+    )
     code, out = helpers.run_local(2, command, 240)
     assert code == 0, out[-4000:]
     assert "token cache built" in out or "token cache hit" in out

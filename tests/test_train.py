@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import jax
 import ml_collections
 import numpy as np
@@ -107,19 +108,13 @@ def test_signal_saves_exits_128_plus_signal_and_rerun_resumes(tmp_path, signum):
     """Preempted (SIGTERM) or interrupted (Ctrl-C): save, then exit 143 / 130,
     so `train && sample` or a job scheduler does not take the run as finished."""
     wd = tmp_path / "wd"
-    cmd = [
-        sys.executable,
-        "-m",
-        "lstm_jax.train",
-        "--config",
-        "configs/dnd.py:smoke",
-        "--workdir",
-        str(wd),
+    cmd = helpers.train_cli(
+        wd,
         "--config.train.num_steps=100000",
         "--config.train.checkpoint_every=0",
         "--config.train.eval_every=0",
         "--config.train.log_every=1",
-    ]
+    )
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     metrics = wd / "metrics.jsonl"
     deadline = time.time() + 120
