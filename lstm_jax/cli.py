@@ -1,5 +1,6 @@
 """What the command lines share: a user error is one line on stderr and exit
-code 2, not a traceback; `--verbose` shows the traceback.
+code 2, not a traceback (`--verbose` shows the traceback); SIGINT/SIGTERM ask a
+run to save and stop (`StopSignal`).
 
     python -m lstm_jax.train --config configs/dnd.py --config.model.cell=lstmm
     lstm_jax.train: error: unknown cell 'lstmm'; valid cells: ['gru', ...]
@@ -15,9 +16,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
@@ -147,3 +150,49 @@ def run(main: Callable[[list[str]], None], *, required: Sequence[str], program: 
             os._exit(EXIT_USER_ERROR)
 
     app.run(guarded, flags_parser=_parse_flags)
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits.
+
+    A save is collective, so with several processes all must stop at the same
+    step. Each process feeds its flag into the train step (`stop_flag`), which
+    reduces it with the step's other collectives; every process reads the
+    result at the same log steps, so all agree without a collective of their
+    own. One process stops at the step it sees its flag. A second SIGINT quits
+    at once (KeyboardInterrupt): checkpoints are written atomically, so the
+    newest finished one is kept. A process stuck where this handler cannot run
+    is ended by the watchdog (lstm_jax/watchdog.py).
+    """
+
+    def __init__(self, program: str = "lstm_jax.train"):
+        self.program = program
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if jax.process_index() == 0:
+            print(
+                f"{self.program}: got {signal.Signals(signum).name}; finishing the step or "
+                "save in progress, saving a checkpoint, then exiting (Ctrl-C again quits "
+                "without saving; the newest finished checkpoint is kept)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)

@@ -1,4 +1,5 @@
-"""Metric sinks (JSONL + TensorBoard), the progress bar, and reference losses.
+"""Metric sinks (JSONL + TensorBoard), the progress bar, reference losses, and
+where a run's wall time went (`PhaseTimer`, `time_breakdown`).
 
 Only process 0 of a multi-process run writes; the others get no-op sinks.
 """
@@ -208,3 +209,17 @@ class PhaseTimer:
 
     def total(self, *names: str) -> float:
         return sum(self.seconds.get(n, 0.0) for n in names)
+
+
+# Phases inside the loop that are not the train step; "steps" is the rest.
+LOOP_OVERHEAD = ("evals", "compile_sample", "samples", "logging", "checkpoints")
+
+
+def time_breakdown(timer: PhaseTimer, loop_seconds: float) -> dict[str, float]:
+    """Seconds by phase so far (time/...), the steps' share of the loop, and the
+    fraction of the loop's wall time spent outside the train step."""
+    overhead = timer.total(*LOOP_OVERHEAD)
+    out = {f"time/{k}": round(v, 4) for k, v in timer.seconds.items() if k != "loop"}
+    out["time/steps"] = round(max(0.0, loop_seconds - overhead), 4)
+    out["outside_step_fraction"] = round(overhead / loop_seconds, 4) if loop_seconds else 0.0
+    return out

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import pathlib
 import sys
@@ -53,6 +52,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from lstm_jax import cli, host
+from lstm_jax import workdir as workdir_lib
 from lstm_jax.checkpoint import Checkpointer, CheckpointError, flat_leaves
 from lstm_jax.data.corpora import RECORD_SEPARATOR
 from lstm_jax.data.tokenizers import Tokenizer, tokenizer_from_json
@@ -749,16 +749,6 @@ def params_subtree(meta: dict[str, Any]) -> str:
 VOCAB_SIZED_PARAMS = ("params/embed", "params/readout/b")
 
 
-def _read_json_file(path: pathlib.Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(
-            f"cannot read the {what} file {path}: {e}; restore it from the training run, or "
-            "retrain in a new --workdir"
-        ) from e
-
-
 def _from_meta_or_file(
     meta: dict, key: str, path: pathlib.Path, what: str, where: str
 ) -> tuple[Any, str]:
@@ -767,7 +757,8 @@ def _from_meta_or_file(
     if meta.get(key) is not None:
         return meta[key], f"checkpoint {where}"
     if path.is_file():
-        return _read_json_file(path, what), str(path)
+        fix = "restore it from the training run, or retrain in a new --workdir"
+        return workdir_lib.read_json(path, what, fix), str(path)
     raise CheckpointError(
         f"the checkpoint {where} has no {what} in its meta and {path} does not exist: it was "
         f"not written by lstm_jax.train, or the {what} was removed; cannot sample without it"
@@ -794,7 +785,7 @@ def restore(workdir: str | pathlib.Path, checkpoint: str | int = "latest") -> Re
     if not workdir.is_dir():
         raise CheckpointError(f"workdir {workdir} does not exist")
     ckpt_dir = workdir / "checkpoints"
-    if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+    if not workdir_lib.has_checkpoint(workdir):
         raise CheckpointError(
             f"no checkpoint in {ckpt_dir}; train one first: "
             f"python -m lstm_jax.train --config configs/... --workdir {workdir}"
@@ -879,7 +870,7 @@ USAGE_ERROR = cli.EXIT_USER_ERROR  # bad options or an unusable workdir (lstm_ja
 
 def define_flags() -> None:
     """The CLI's flags, defined only when run as a program: the training loop
-    imports this module, and absl flags are global (train.py has --workdir too)."""
+    imports this module, and absl flags are global (train_cli.py has --workdir too)."""
     flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/ (required).")
     flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' (lowest val loss) or a step.")
     flags.DEFINE_string("prime", "", "Text to start from ('' = the start of a record).")

@@ -31,12 +31,9 @@ A rerun in the same workdir resumes from the latest checkpoint, exactly:
 parameters, optimizer state, carried state, step and data position are all
 restored, and per-step randomness is `fold_in(key(seed), step)`.
 
-Exit codes of the CLI: 0 finished; 2 a user error (one line on stderr;
---verbose for the traceback); 3 the loss became non-finite (the last good
-checkpoint is kept); 4 the run hung: no progress for train.watchdog_s seconds
-(every thread's stack on stderr; the newest finished checkpoint is kept);
-128+N stopped by signal N after saving (SIGINT 130, SIGTERM 143): the run is
-not finished, rerun the same command to resume.
+The command line (flags, process setup, the watchdog, exit codes) is
+lstm_jax/train_cli.py; what a workdir holds and when a run may resume it,
+lstm_jax/workdir.py.
 """
 
 from __future__ import annotations
@@ -45,11 +42,7 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import pathlib
-import signal
-import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -59,14 +52,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import flags, logging
+from absl import logging
 from jax.sharding import Mesh
-from ml_collections import config_flags
 
-from lstm_jax import cli, host, optim, parallel, watchdog
+from lstm_jax import cli, host, optim, parallel
 from lstm_jax import config as config_lib
 from lstm_jax import model as model_lib
 from lstm_jax import sample as sampling
+from lstm_jax import workdir as workdir_lib
 from lstm_jax.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -79,6 +72,7 @@ from lstm_jax.metrics import (
     PhaseTimer,
     Progress,
     per_token_report,
+    time_breakdown,
     unigram_loss,
 )
 from lstm_jax.model import LanguageModel, LastHidden, count_params
@@ -409,173 +403,6 @@ def evaluate(
     return float(total) / max(float(count), 1.0)
 
 
-# ----------------------------------------------------------------------------
-# Workdir: resolved config, tokenizer, compatibility with an earlier run.
-
-# Fields that must match for a workdir's checkpoint to be resumed; the rest
-# (num_steps, eval/log cadence, learning rate schedule...) may change.
-COMPAT_SECTIONS = ("seed", "data", "model")
-COMPAT_FIELDS = ("optim.name", "train.batch_size", "train.seq_len")
-# Free to change on resume: how the same math is computed, not what it computes.
-COMPAT_EXEMPT = (
-    "model.impl",
-    "model.unroll",
-    "model.matmul_precision",
-    "data.cache",  # the cache gives the ids the in-memory path gives
-    "data.cache_dir",
-)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def compat_view(config: dict) -> dict:
-    """The dotted fields of `config` that a resumed run must share; the data
-    path compared as an absolute path, so `data/x.txt` and `./data/x.txt` agree."""
-    flat = _flatten(config)
-    view = {
-        k: v
-        for k, v in flat.items()
-        if (k.split(".")[0] in COMPAT_SECTIONS or k in COMPAT_FIELDS) and k not in COMPAT_EXEMPT
-    }
-    for key in ("data.path", "data.train_path", "data.valid_path", "data.test_path"):
-        if view.get(key):
-            view[key] = str(pathlib.Path(view[key]).expanduser().resolve())
-    return view
-
-
-def check_compatible(saved: dict, current: dict, workdir: pathlib.Path) -> None:
-    # A field added since the checkpoint was written reads as its default (which
-    # leaves the old behaviour unchanged), so an older run still resumes.
-    try:
-        old = compat_view(config_lib.complete(saved).to_dict())
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
-        raise CheckpointError(
-            f"the config saved with the checkpoint in {workdir} is malformed "
-            f"({' '.join(str(e).split())[:200]}); use a new --workdir"
-        ) from e
-    new = compat_view(current)
-    diffs = [
-        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
-        for k in sorted(old | new)
-        if old.get(k) != new.get(k)
-    ]
-    if diffs:
-        raise CheckpointError(
-            f"the checkpoint in {workdir} was trained with a different config "
-            f"({'; '.join(diffs)}). Refusing to resume or overwrite it: use a new --workdir, "
-            "or restore the original settings."
-        )
-
-
-def has_checkpoint(workdir: pathlib.Path) -> bool:
-    ckpt_dir = workdir / "checkpoints"
-    return ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
-
-
-def check_workdir(workdir: pathlib.Path) -> None:
-    """A workdir must be a directory we can write (or a path we can create)."""
-    for p in (workdir, *workdir.parents):
-        if p.is_symlink() and not p.exists():
-            raise NotADirectoryError(
-                f"--workdir {workdir}: {p} is a symbolic link to {p.readlink()}, which does not "
-                "exist; create that directory, or pick another --workdir"
-            )
-        if p.exists():
-            if not p.is_dir():
-                raise NotADirectoryError(
-                    f"--workdir {workdir}: {p} is a file, not a directory; pick another --workdir"
-                )
-            break
-
-
-class WorkdirBusyError(CheckpointError):
-    """Another live run holds the workdir's lock."""
-
-
-LOCK_FILE = "lock"
-
-
-def lock_workdir(workdir: pathlib.Path) -> Any:
-    """One run per workdir: an advisory lock (flock) on WORKDIR/lock, held
-    by process 0 until it exits. The kernel drops it when the process dies, by
-    any signal including SIGKILL, so it is never stale. Returns the open file
-    that holds it (None on other processes, which share process 0's run)."""
-    if jax.process_index() != 0:
-        return None
-    import fcntl  # POSIX; imported here so the module still imports elsewhere
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    handle = open(workdir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the whole run)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise WorkdirBusyError(
-            f"{workdir} is in use by another run ({holder}); wait for it to end, or "
-            "use another --workdir"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
-    return handle
-
-
-class _StopSignal:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits.
-
-    A save is collective, so with several processes all must stop at the same
-    step. Each process feeds its flag into the train step (`stop_flag`), which
-    reduces it with the step's other collectives; every process reads the
-    result at the same log steps, so all agree without a collective of their
-    own. One process stops at the step it sees its flag. A second SIGINT quits
-    at once (KeyboardInterrupt): checkpoints are written atomically, so the
-    newest finished one is kept. A process stuck where this handler cannot run
-    is ended by the watchdog (lstm_jax/watchdog.py).
-    """
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        if jax.process_index() == 0:
-            print(
-                f"lstm_jax.train: got {signal.Signals(signum).name}; finishing the step or "
-                "save in progress, saving a checkpoint, then exiting (Ctrl-C again quits "
-                "without saving; the newest finished checkpoint is kept)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def stop_flags(mesh: Mesh, requested: bool) -> Any:
     """This process's stop flag for the train step: one int32 per local device,
     as a global [devices] array split like the batch rows."""
@@ -689,11 +516,11 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path, timer: Phase
     earlier run's config, the data and its splits, the model, the sampler."""
     mesh = parallel.data_mesh()
     config = resolve_config(config, mesh.devices.size)
-    check_workdir(workdir)
+    workdir_lib.check_workdir(workdir)
     cfg_dict = config.to_dict()
     saved_config = workdir / "config.json"
-    if saved_config.exists() and has_checkpoint(workdir):
-        check_compatible(read_saved_config(saved_config), cfg_dict, workdir)
+    if saved_config.exists() and workdir_lib.has_checkpoint(workdir):
+        workdir_lib.check_compatible(workdir_lib.read_saved_config(saved_config), cfg_dict, workdir)
 
     t = config.train
     with timer.phase("data"):
@@ -726,7 +553,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path, timer: Phase
     schedule = optim.make_schedule(config.optim, batcher.steps_per_epoch)
 
     # Every input is checked: now the workdir is locked (created if new) and read.
-    lock = lock_workdir(workdir)
+    lock = workdir_lib.lock_workdir(workdir)
     try:
         ckpt, meta = open_checkpoints(config, workdir, data)
     except BaseException:
@@ -747,83 +574,15 @@ def open_checkpoints(
     new run), checked against this config and vocabulary."""
     cfg_dict = config.to_dict()
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-    meta = newest_meta(ckpt, fallback=config.train.restore_fallback)
+    meta = workdir_lib.newest_meta(ckpt, fallback=config.train.restore_fallback)
     if meta is not None:
-        check_compatible(meta["config"], cfg_dict, workdir)
+        workdir_lib.check_compatible(meta["config"], cfg_dict, workdir)
         if meta["tokenizer"] != data.tokenizer.to_json():
             raise CheckpointError(
                 f"the corpus no longer gives the vocabulary the checkpoint in {workdir} was "
                 "trained with. Refusing to resume: use a new --workdir."
             )
     return ckpt, meta
-
-
-# What a train checkpoint's meta must hold, and of which JSON type.
-META_FIELDS = {"step": int, "data_state": dict, "tokenizer": dict, "config": dict}
-
-
-def newest_meta(ckpt: Checkpointer, fallback: bool) -> dict | None:
-    """The newest checkpoint's metadata (None: no checkpoint), checked for the
-    fields a resume reads. Unreadable: DamagedCheckpointError, or with
-    `fallback` the next newest that reads (the state's own fallback follows in
-    `restore_checkpoint`, which sets the newer ones aside)."""
-    hint = " Or resume from the newest good one: --config.train.restore_fallback=True."
-    for step in reversed(ckpt.all_steps()):
-        try:
-            meta = ckpt.restore_meta(step)
-            check_meta_fields(ckpt, step, meta)
-            return meta
-        except DamagedCheckpointError as e:
-            if not fallback:
-                raise DamagedCheckpointError(f"{e}{hint}") from e
-            logging.warning("skipping checkpoint %d: %s", step, e)
-    if fallback and ckpt.all_steps():
-        raise DamagedCheckpointError(
-            f"every checkpoint in {ckpt.directory} is damaged ({ckpt.all_steps()}); use a "
-            "new --workdir"
-        )
-    return None
-
-
-def check_meta_fields(ckpt: Checkpointer, step: int, meta: dict) -> None:
-    """DamagedCheckpointError unless `meta` has every field a resume reads."""
-    bad = [k for k, kind in META_FIELDS.items() if not isinstance(meta.get(k), kind)]
-    if bad:
-        raise DamagedCheckpointError(
-            f"checkpoint {ckpt.step_dir(step)} has unreadable metadata (missing or "
-            f"malformed: {', '.join(bad)}); move it away to use an earlier step, or "
-            "use a new --workdir."
-        )
-
-
-def read_saved_config(path: pathlib.Path) -> dict:
-    """An earlier run's config.json, as a complete config dict; a file of the
-    wrong shape is named in one line (CheckpointError)."""
-    saved = _read_json(path)
-    sections = ("data", "model", "train", "optim")
-    problem = None
-    if not isinstance(saved, dict):
-        problem = f"a JSON {type(saved).__name__}, not an object"
-    elif missing := [k for k in sections if not isinstance(saved.get(k), dict)]:
-        problem = f"no {', '.join(missing)} section(s)"
-    else:
-        try:
-            return config_lib.complete(saved).to_dict()
-        except (TypeError, ValueError, KeyError, AttributeError) as e:
-            problem = f"a field of the wrong type ({' '.join(str(e).split())[:200]})"
-    raise CheckpointError(
-        f"{path} is not an lstm_jax config ({problem}); restore it from a backup, or delete "
-        "it (the checkpoints' own copies are used), or use a new --workdir"
-    )
-
-
-def _read_json(path: pathlib.Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(
-            f"cannot read {path} ({e}); restore it from a backup or use a new --workdir"
-        ) from e
 
 
 def restore_or_init(run: Run) -> TrainState:
@@ -890,7 +649,7 @@ def restore_checkpoint(run: Run, target: TrainState) -> TrainState:
     refused, unless train.restore_fallback asks for the newest that verifies
     (its metadata then replaces `run.meta`)."""
     if run.config.train.restore_fallback:
-        check = lambda step, meta: check_meta_fields(run.ckpt, step, meta)
+        check = lambda step, meta: workdir_lib.check_meta_fields(run.ckpt, step, meta)
         step, state, run.meta = run.ckpt.restore_newest_good(target, check)
         newer = [s for s in run.ckpt.all_steps() if s > step]
         for damaged in newer:  # so that this run can save those steps again
@@ -1136,7 +895,7 @@ def train_loop(run: Run, state: TrainState, writer: MetricWriter, progress: Prog
     window, profile = Window(t.batch_size * t.seq_len), Profile(t, run.workdir)
     alone = jax.process_count() == 1
     loop_start = time.perf_counter()
-    with _StopSignal() as stop:
+    with cli.StopSignal("lstm_jax.train") as stop:
         for step in range(start + 1, t.num_steps + 1):
             # Dispatch and move on: the host prepares the next batch while the
             # device computes. The guard makes any read of the device here an error.
@@ -1203,20 +962,6 @@ def _best(best: float | None, value: float | None) -> float | None:
     if value is None:
         return best
     return value if best is None else min(best, value)
-
-
-# Phases inside the loop that are not the train step; "steps" is the rest.
-LOOP_OVERHEAD = ("evals", "compile_sample", "samples", "logging", "checkpoints")
-
-
-def time_breakdown(timer: PhaseTimer, loop_seconds: float) -> dict[str, float]:
-    """Seconds by phase so far (time/...), the steps' share of the loop, and the
-    fraction of the loop's wall time spent outside the train step."""
-    overhead = timer.total(*LOOP_OVERHEAD)
-    out = {f"time/{k}": round(v, 4) for k, v in timer.seconds.items() if k != "loop"}
-    out["time/steps"] = round(max(0.0, loop_seconds - overhead), 4)
-    out["outside_step_fraction"] = round(overhead / loop_seconds, 4) if loop_seconds else 0.0
-    return out
 
 
 def finish(run: Run, outcome: dict, start: int, wall_start: float) -> dict[str, Any]:
@@ -1310,7 +1055,7 @@ def train_and_evaluate(
             progress.close()
             writer.close()
     finally:
-        # after the loop: not part of the loop's overhead (LOOP_OVERHEAD)
+        # after the loop: not part of the loop's overhead (metrics.LOOP_OVERHEAD)
         with timer.phase("final_save"):
             run.ckpt.close()  # waits for a save still being written
         if run.lock is not None:
@@ -1318,85 +1063,9 @@ def train_and_evaluate(
     return finish(run, outcome, start, wall_start)
 
 
-# ----------------------------------------------------------------------------
-# The command line.
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).")
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config.")
-# Multi-process runs (lstm_jax/parallel.py). Under SLURM's srun or on a Cloud TPU
-# VM, JAX finds the other processes itself and none of these is needed.
-flags.DEFINE_enum(
-    "distributed",
-    "auto",
-    list(parallel.DISTRIBUTED_MODES),
-    "auto: join a multi-process run when the flags below are given or JAX detects a "
-    "cluster (SLURM, Open MPI, TPU VM); on: always call jax.distributed.initialize; off: never.",
-)
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator.")
-flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
-flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1.")
-flags.DEFINE_bool(
-    "retain_freed_memory",
-    True,
-    "Keep freed host memory in the process between train steps (glibc mallopt, "
-    "lstm_jax/host.py), so each step's fresh buffers cause no page faults. "
-    "--noretain_freed_memory: glibc's defaults.",
-)
-
-# Exit codes (module docstring; README "Exit codes").
-EXIT_NON_FINITE = 3
-
-
-def newest_checkpoint(directory: pathlib.Path) -> str:
-    """The newest finished checkpoint as "step N in DIR" (orbax renames a step's
-    directory into place only once it is whole), read from the directory alone."""
-    try:
-        steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-    except OSError:
-        steps = []
-    return f"step {steps[-1]} in {directory}" if steps else f"none in {directory}"
-
-
-def main(argv: list[str]) -> None:
-    del argv
-    startup = host.seconds_since_process_start()
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    config = FLAGS.config
-    notes = []
-    if FLAGS.retain_freed_memory and host.retain_freed_memory():  # before JAX starts threads
-        notes.append("glibc keeps freed memory between steps (--noretain_freed_memory: off)")
-    full = config_lib.complete(config)
-    parallel.use_cpu_devices(full.parallel.cpu_devices)
-    parallel.initialize(
-        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-    )
-    _, cache_note = host.enable_compile_cache(jax.process_count())  # after initialize
-    notes.insert(0, cache_note)
-    config_file = config_flags.get_config_filename(FLAGS["config"])
-    workdir = FLAGS.workdir or f"workdirs/{pathlib.Path(config_file.split(':')[0]).stem}"
-    if jax.process_index() == 0:
-        print(
-            f"lstm_jax.train: {jax.default_backend()}, {host.versions()}; " + "; ".join(notes),
-            flush=True,
-        )
-    newest = lambda: newest_checkpoint(pathlib.Path(workdir) / "checkpoints")
-    try:
-        t = full.train
-        with watchdog.Watchdog(t.watchdog_s, newest, grace_s=t.watchdog_grace_s) as dog:
-            summary = train_and_evaluate(
-                config, workdir, startup_seconds=startup, heartbeat=dog.beat
-            )
-    except NonFiniteLossError as e:
-        cli.fail(str(e), EXIT_NON_FINITE)
-    if jax.process_index() == 0:
-        print(json.dumps(summary, indent=2))
-    if summary.get("signal"):
-        # Saved, but not finished: exit as a shell reports a process killed by
-        # that signal (SIGTERM 143, SIGINT 130), so `train && sample`, a SLURM
-        # dependency or a Kubernetes Job does not take a preempted run as done.
-        sys.exit(128 + summary["signal"])
-
-
 if __name__ == "__main__":
-    cli.run(main, required=["config"], program="lstm_jax.train")
+    # `python -m lstm_jax.train`: the command line is lstm_jax/train_cli.py (which
+    # imports this module under its own name, lstm_jax.train).
+    from lstm_jax import train_cli
+
+    train_cli.run()

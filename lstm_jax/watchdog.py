@@ -20,7 +20,7 @@ Signals: `signal.set_wakeup_fd` makes the C-level handler write each signal's
 number to a socket at once, from whatever thread the kernel picked, even while
 the main thread is stuck. The watchdog reads it, and from then on the main
 thread has `grace_s` seconds of no progress to save and exit as usual (the
-Python handler in train.py); otherwise the watchdog ends the process with
+Python handler, lstm_jax.cli.StopSignal); otherwise the watchdog ends the process with
 128 + the signal's number, as a shell reports a process killed by it.
 """
 
@@ -35,7 +35,8 @@ import threading
 import time
 from collections.abc import Callable
 
-EXIT_HUNG = 4  # train.py's exit codes: 0 done, 2 user error, 3 non-finite loss, 4 hung
+# lstm_jax.train's exit codes (train_cli.py): 0 done, 2 user error, 3 non-finite loss, 4 hung
+EXIT_HUNG = 4
 
 
 class Watchdog:

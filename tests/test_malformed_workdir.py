@@ -13,6 +13,7 @@ import pytest
 
 from lstm_jax import config as config_lib
 from lstm_jax import sample, train
+from lstm_jax import workdir as workdir_lib
 from lstm_jax.checkpoint import CheckpointError, DamagedCheckpointError
 
 BASE = {
@@ -85,7 +86,7 @@ def test_a_dangling_workdir_link_is_named(tmp_path):
     link = tmp_path / "wd"
     link.symlink_to(tmp_path / "gone")
     with pytest.raises(NotADirectoryError, match="symbolic link to .*gone, which does not exist"):
-        train.check_workdir(link)
+        workdir_lib.check_workdir(link)
     with pytest.raises(CheckpointError, match="symbolic link to .*gone, which does not exist"):
         sample.restore(link)
 

@@ -16,6 +16,7 @@ import pytest
 
 from lstm_jax import config as config_lib
 from lstm_jax import optim, recurrent, train
+from lstm_jax import workdir as workdir_lib
 from lstm_jax.data import batching
 from lstm_jax.model import LanguageModel, LMConfig, _reg_key, count_params, embedding_dropout
 
@@ -473,10 +474,10 @@ def test_checkpoint_without_the_new_fields_still_resumes():
     for field in ("dropout_input", "dropout_hidden", "dropout_output", "weight_drop"):
         del saved["model"][field]
     del saved["model"]["dropout_embedding"]
-    train.check_compatible(saved, current, pathlib.Path("wd"))
+    workdir_lib.check_compatible(saved, current, pathlib.Path("wd"))
     changed = helpers.smoke("dnd:smoke", model__weight_drop=0.5).to_dict()
     with pytest.raises(train.CheckpointError, match=r"model.weight_drop: 0.0 -> 0.5"):
-        train.check_compatible(saved, changed, pathlib.Path("wd"))
+        workdir_lib.check_compatible(saved, changed, pathlib.Path("wd"))
 
 
 @pytest.mark.parametrize(

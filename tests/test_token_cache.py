@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from lstm_jax import train
+from lstm_jax import workdir as workdir_lib
 from lstm_jax.data import corpora, token_cache, tokenizers
 
 WORD = dict(lowercase=True, min_count=2, max_vocab=None, split="regex")
@@ -316,7 +317,7 @@ def test_two_training_processes_share_one_cache_and_equal_one(tmp_path, story):
 def test_cache_settings_do_not_block_a_resume():
     saved = helpers.smoke(**{"data.cache": True}).to_dict()
     now = helpers.smoke(**{"data.cache": False, "data.cache_dir": "/elsewhere"}).to_dict()
-    train.check_compatible(saved, now, pathlib.Path("wd"))
+    workdir_lib.check_compatible(saved, now, pathlib.Path("wd"))
 
 
 def test_memory_mapped_ids_stay_on_disk_in_the_batcher(two_files, tmp_path):

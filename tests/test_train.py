@@ -17,6 +17,7 @@ from helpers import ROOT, final_params, smoke
 
 from lstm_jax import checkpoint, host, optim, train
 from lstm_jax import config as config_lib
+from lstm_jax import workdir as workdir_lib
 
 
 @pytest.mark.slow
@@ -183,7 +184,7 @@ def test_unencodable_sample_prime_fails_before_training(tmp_path):
     c.train.sample_prime = "spell \u2603"
     with pytest.raises(ValueError, match="\u2603"):
         train.train_and_evaluate(c, str(tmp_path / "wd"))
-    assert not train.has_checkpoint(tmp_path / "wd")  # nothing trained, nothing saved
+    assert not workdir_lib.has_checkpoint(tmp_path / "wd")  # nothing trained, nothing saved
 
 
 @pytest.mark.slow

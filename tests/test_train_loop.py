@@ -13,6 +13,7 @@ from helpers import ROOT, smoke
 
 from lstm_jax import checkpoint, host, metrics, train
 from lstm_jax import config as config_lib
+from lstm_jax import workdir as workdir_lib
 
 PHASES = {"data", "setup", "init", "compile_train", "compile_eval", "compile_sample"}
 PHASES |= {"evals", "samples", "checkpoints", "logging", "steps", "other", "total"}
@@ -87,7 +88,7 @@ def test_non_finite_loss_names_the_steps_read_together(tmp_path):
     )
     with pytest.raises(train.NonFiniteLossError, match=r"the first bad one of steps (\d+)-(\d+)"):
         train.train_and_evaluate(c, str(tmp_path / "wd"))
-    assert not train.has_checkpoint(tmp_path / "wd")  # nothing non-finite was saved
+    assert not workdir_lib.has_checkpoint(tmp_path / "wd")  # nothing non-finite was saved
 
 
 @pytest.mark.slow

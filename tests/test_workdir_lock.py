@@ -10,17 +10,17 @@ import time
 import helpers
 import pytest
 
-from lstm_jax import train
+from lstm_jax import workdir as workdir_lib
 
 ROOT = helpers.ROOT
 
 
 def test_a_held_workdir_is_refused_and_freed_on_close(tmp_path):
-    first = train.lock_workdir(tmp_path / "wd")
-    with pytest.raises(train.WorkdirBusyError, match=r"in use by another run \(pid \d+ on "):
-        train.lock_workdir(tmp_path / "wd")
+    first = workdir_lib.lock_workdir(tmp_path / "wd")
+    with pytest.raises(workdir_lib.WorkdirBusyError, match=r"in use by another run \(pid \d+ on "):
+        workdir_lib.lock_workdir(tmp_path / "wd")
     first.close()
-    train.lock_workdir(tmp_path / "wd").close()  # free again
+    workdir_lib.lock_workdir(tmp_path / "wd").close()  # free again
 
 
 @pytest.mark.slow
