@@ -200,9 +200,12 @@ def _sample_loop(
     return tokens, lengths, logprobs
 
 
-def check_options(vocab_size: int | None, temperature: float, top_k: int, length: int) -> None:
+def check_options(
+    vocab_size: int | None, temperature: float, top_k: int, length: int, num_samples: int = 1
+) -> None:
     """The errors a user gets for bad sampling options, before any compute
-    (`vocab_size` None: the vocabulary is not known yet, check top_k >= 0 only)."""
+    (`vocab_size` None: the vocabulary is not known yet, check top_k >= 0 only);
+    beam search's own are `check_beam_options`."""
     if not 0 < temperature < math.inf:  # also refuses NaN
         raise ValueError(
             f"temperature must be > 0 and finite, got {temperature}; for the most likely "
@@ -213,6 +216,8 @@ def check_options(vocab_size: int | None, temperature: float, top_k: int, length
         raise ValueError(f"top_k must be >= 0 (0 = no top-k){bound}; got {top_k}")
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
 
 
 def _checked_ids(prime_ids: Array | np.ndarray, stop_id: int | None, vocab: int) -> np.ndarray:
@@ -246,9 +251,7 @@ def generate(
     the compiled code; temperature, top_k, greedy and the key are traced.
     """
     vocab = model.config.vocab_size
-    check_options(vocab, temperature, top_k, length)
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    check_options(vocab, temperature, top_k, length, num_samples)
     ids = _checked_ids(prime_ids, stop_id, vocab)
     config = sampling_model(model).config
     carry, logits, prime_logprobs = warm_carry(model, params, ids, num_samples)
@@ -637,7 +640,7 @@ def make_sampler(
     """Checks the options and encodes the prime now (a bad prime fails before
     any training or compute); returns `sampler(params, key) -> SampleResult`.
 
-    With `beam` >= 2 the sampler runs `beam_search` instead of drawing: its
+    With `beam` >= 1 the sampler runs `beam_search` instead of drawing: its
     result holds the top `num_samples` beams, best first, each with its score
     (`length_penalty` as in `beam_search`), and the key is not used.
 
@@ -649,7 +652,7 @@ def make_sampler(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
             f"{model.config.vocab_size}"
         )
-    check_options(tokenizer.vocab_size, temperature, top_k, length)
+    check_options(tokenizer.vocab_size, temperature, top_k, length, num_samples)
     check_beam_options(
         tokenizer.vocab_size,
         beam,
@@ -1000,9 +1003,7 @@ def main(argv: list[str]) -> None:
     )
     which = FLAGS.checkpoint
     host.enable_compile_cache()  # the sampler compiles once per model and options
-    if FLAGS.num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {FLAGS.num_samples}")
-    check_options(None, FLAGS.temperature, FLAGS.top_k, FLAGS.length)
+    check_options(None, FLAGS.temperature, FLAGS.top_k, FLAGS.length, FLAGS.num_samples)
     check_beam_options(
         None,
         FLAGS.beam,
