@@ -261,7 +261,7 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     from absl import app, flags
 
-    from lstm_jax import train  # noqa: F401  (defines --config, --workdir)
+    from lstm_jax import train_cli  # noqa: F401  (defines --config, --workdir)
 
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

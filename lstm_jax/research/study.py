@@ -326,7 +326,7 @@ def plot(runs, summaries, path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """CLI entry. The study drives `lstm_jax.train`, whose module defines the
+    """CLI entry. The study drives `lstm_jax.train`, whose command line (train_cli.py) defines the
     `--config`/`--workdir` flags on import, so it reuses those flags instead of
     defining its own (`common.cli` would define them a second time)."""
     from absl import app, flags, logging
@@ -341,7 +341,7 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     from absl import app, flags
 
-    from lstm_jax import train  # noqa: F401  (defines --config, --workdir)
+    from lstm_jax import train_cli  # noqa: F401  (defines --config, --workdir)
 
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)
