@@ -29,7 +29,7 @@ def _config(spec: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", [*reproduce.PAPERS, "arjovsky2016:paper"])
+@pytest.mark.parametrize("spec", [*reproduce.PAPERS, "arjovsky2016:paper", "hochreiter1997:paper"])
 def test_smoke_config_runs_end_to_end(spec, tmp_path):
     paper = spec.partition(":")[0]
     config = _config(spec)
@@ -47,6 +47,35 @@ def test_smoke_config_runs_end_to_end(spec, tmp_path):
         assert note in markdown
     assert json.loads((tmp_path / "table.json").read_text())["paper"] == paper
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_st3_stops_after_a_full_window_of_correct_sequences_with_a_low_mean_error():
+    """[HS97]'s ST3(0.01) with batches of 1000: two steps make the 2000 most recent
+    sequences. A wrong sequence anywhere in the window, or a mean error of 0.01 or
+    more, keeps training; the window carries over chunks."""
+    st3 = reproduce.ST3(batch_size=1000)
+    assert st3.steps == 2
+    # one step is not yet 2000 sequences; the second all-correct one completes the window
+    j, window = st3.first_stop([], [1.0], [0.005])
+    assert j is None and window == [[1.0, 0.005]]
+    j, window = st3.first_stop(window, [1.0, 1.0], [0.005, 0.005])
+    assert j == 0 and len(window) == 2
+    # a batch with one wrong sequence (accuracy < 1) blocks the next two steps
+    j, _ = st3.first_stop([], [1.0, 0.999, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0])
+    assert j == 3
+    # all correct, but the mean absolute error is not below 0.01
+    j, _ = st3.first_stop([], [1.0, 1.0, 1.0], [0.01, 0.01, 0.02])
+    assert j is None
+    assert st3.first_stop([], [1.0, 1.0, 1.0], [0.02, 0.0099, 0.0099])[0] == 2
+
+
+def test_hochreiter_paper_variant_uses_the_papers_layout_and_rule():
+    config = _config("hochreiter1997:paper")
+    assert config.task.options.paper_layout is True
+    assert config.paper.stop_rule == "st3"
+    assert "ST3(0.01) on the training sequences" in reproduce.setup_line(config)
+    modern = _config("hochreiter1997")
+    assert modern.task.options.paper_layout is False and modern.paper.stop_rule == "held_out"
 
 
 def test_paper_results_name_points_the_config_runs():

@@ -61,11 +61,15 @@ def add_paper_section(
     results: dict[str, tuple[str, int | None]],
     notes: tuple[str, ...],
     budget_sequences: int,
+    stop_rule: str = "held_out",
 ) -> None:
     """The `paper` section of a paper config: what the paper reports and how we differ.
 
     `results`: "<cell>_T<T>" -> (the paper's verdict, sequences to solve or None).
+    `stop_rule`: when a member counts as solved and stops (STOP_RULES).
     """
+    if stop_rule not in STOP_RULES:
+        raise ValueError(f"unknown stop_rule {stop_rule!r}; valid: {list(STOP_RULES)}")
     p = ml_collections.ConfigDict()
     p.name = name
     p.citation = citation
@@ -75,7 +79,44 @@ def add_paper_section(
     p.notes = tuple(notes)
     p.budget_sequences = int(budget_sequences)  # training sequences per member, at most
     p.checkpoint_every = 10  # evaluations between checkpoints
+    p.stop_rule = stop_rule
     c.paper = p
+
+
+# When a member is solved and stops:
+#   "held_out"  the task's criterion on the held-out batch, at an evaluation
+#               (`Task.solved`, e.g. 99% of 512 held-out sums within 0.04)
+#   "st3"       [HS97] sec. 5.4's rule ST3(0.01), on the training sequences:
+#               "Training is stopped once the average training error is below
+#               0.01, and the 2000 most recent sequences were processed correctly"
+#               (`ST3`)
+STOP_RULES = ("held_out", "st3")
+
+
+class ST3:
+    """[HS97]'s stopping rule on the training stream, one member: the last
+    `sequences` training sequences (whole batches: ceil(2000 / B) steps) were
+    all processed correctly (the task's `accuracy` 1 on each of those batches)
+    and their average error is below `max_error`. The paper does not say which
+    error it averages over which sequences; we read it as the mean absolute
+    error over the same window (the stricter reading: the squared error of a
+    window of correct sequences is below 0.04**2 anyway)."""
+
+    def __init__(self, batch_size: int, sequences: int = 2000, max_error: float = 0.01):
+        self.steps = -(-sequences // batch_size)  # ceil
+        self.max_error = max_error
+
+    def first_stop(self, window: list[list[float]], accuracy, error) -> tuple[int | None, list]:
+        """Feeds one chunk's per-step (accuracy, mean abs error) into `window`
+        (the last `steps` steps, carried over chunks and checkpoints); returns
+        the index in the chunk of the first step at which the rule holds (None:
+        it never did) and the new window."""
+        for j, (acc, err) in enumerate(zip(accuracy, error, strict=True)):
+            window = [*window, [float(acc), float(err)]][-self.steps :]
+            full = len(window) == self.steps
+            if full and all(a >= 1.0 for a, _ in window) and np.mean(window, 0)[1] < self.max_error:
+                return j, window
+        return None, window
 
 
 def smoke_paper(c: ml_collections.ConfigDict) -> None:
@@ -133,7 +174,9 @@ def train_point(
         t.eval_every,
         config.sweep.vectorize,
         t.train_set_size,
+        train_metrics=config.paper.stop_rule == "st3",
     )
+    st3 = ST3(t.batch_size) if config.paper.stop_rule == "st3" else None
     k = len(members)
     ckpt = Checkpointer(directory, keep=1)
     latest = ckpt.latest_step()
@@ -145,6 +188,7 @@ def train_point(
                 f"{record['num_steps']} steps, not this config's {k} over {t.num_steps}; "
                 "use a new --workdir"
             )
+        record.setdefault("st3_window", [[] for _ in range(k)])  # a sweep saved before ST3
         state = ckpt.restore_state(latest, state)
     else:
         record = {
@@ -157,6 +201,7 @@ def train_point(
             "eval_steps": [],
             "evals": {},
             "train_loss": [[] for _ in range(k)],
+            "st3_window": [[] for _ in range(k)],  # ST3: the last steps' [accuracy, error]
             "seconds": 0.0,
         }
     if bar is not None:
@@ -190,6 +235,16 @@ def train_point(
                     False,
                     start,
                 )
+            elif st3 is not None:
+                first = start - t.eval_every  # the chunk's first step
+                j, record["st3_window"][i] = st3.first_stop(
+                    record["st3_window"][i],
+                    np.asarray(metrics["train_accuracy"][i]),
+                    np.asarray(metrics["train_mean_abs_error"][i]),
+                )
+                if j is not None:  # solved after step first + j; stops at the chunk's end
+                    record["solved_step"][i] = first + j + 1
+                    record["active"][i], record["stop_step"][i] = False, start
             elif task.solved(final):
                 record["solved_step"][i] = start
                 record["active"][i], record["stop_step"][i] = False, start
@@ -272,8 +327,15 @@ def setup_line(config) -> str:
         f" {o.name}, lr {', '.join(f'{lr:g}' for lr in lrs)}, {clip};"
         f" batch {t.batch_size}, {t.num_steps} updates ({_k(t.num_steps * t.batch_size)}"
         f" sequences) at most; seeds {', '.join(str(s) for s in config.sweep.seeds)};"
-        f" evaluated every {t.eval_every} updates on {t.eval_batch_size} held-out sequences."
+        f" evaluated every {t.eval_every} updates on {t.eval_batch_size} held-out sequences;"
+        f" solved: {STOP_RULE_TEXT[config.paper.get('stop_rule', 'held_out')]}."
     )
+
+
+STOP_RULE_TEXT = {
+    "held_out": "the task's criterion on the held-out sequences",
+    "st3": "ST3(0.01) on the training sequences",
+}
 
 
 def to_markdown(config, rows) -> str:

@@ -139,6 +139,7 @@ def make_step(
     optimizer: optax.GradientTransformationExtraArgs,
     batch_size: int,
     train_set_size: int = 0,
+    train_metrics: bool = False,
 ) -> Callable[..., tuple[Params, Any, dict[str, Array]]]:
     """`step(params, opt_state, data_key, index, lr_scale=None) -> (params,
     opt_state, metrics)`: sample batch `index`, one optimizer update (updates
@@ -146,20 +147,27 @@ def make_step(
 
     `train_set_size` N > 0: the batches come from a fixed training set of N
     sequences (sequence j drawn from `fold_in(set key, j)`, the set key fixed
-    per member), rows picked uniformly with replacement (`sample_batch`)."""
+    per member), rows picked uniformly with replacement (`sample_batch`).
+    `train_metrics`: the metrics also hold the task's own on the training
+    batch, before the update, as "train_<name>" (a stopping rule on training
+    sequences, such as Hochreiter & Schmidhuber's ST3, reads them)."""
 
     def loss_fn(params, batch: TaskBatch):
         outputs, _ = model.apply(params, batch.inputs)  # [B, O] or [B, T, O]
-        return task.loss(outputs, batch)
+        return task.loss(outputs, batch), outputs
 
     def step(params, opt_state, data_key, index, lr_scale=None):
         batch = sample_batch(task, data_key, index, batch_size, train_set_size)
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params, value=loss)
         if lr_scale is not None:
             updates = jax.tree.map(lambda u: u * lr_scale, updates)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        if train_metrics:
+            on_batch = task.metrics(jax.lax.stop_gradient(outputs), batch)
+            metrics.update({f"train_{k}": v for k, v in on_batch.items() if k != "loss"})
+        return params, opt_state, metrics
 
     return step
 
@@ -282,6 +290,7 @@ def make_chunk(
     chunk: int,
     vectorize: str = "vmap",
     train_set_size: int = 0,
+    train_metrics: bool = False,
 ) -> Callable:
     """The compiled program: `chunk` steps of all K members, then their evaluation.
 
@@ -295,7 +304,7 @@ def make_chunk(
     CPU, where XLA's batched matmuls are slow, about twice as fast).
     """
     check_vectorize(vectorize)
-    step = make_step(model, task, optimizer, batch_size, train_set_size)
+    step = make_step(model, task, optimizer, batch_size, train_set_size, train_metrics)
     evaluate = make_eval(model, task)
 
     def member_chunk(params, opt_state, lr_scale, data_key, active, start, batch):
