@@ -64,4 +64,4 @@ lock:
 # CPU devices; e.g. `make bench BENCH_ARGS="--configs char_rnn"` for a subset.
 BENCH_ARGS ?= --cpu_devices 2 --threads 2,1
 bench: setup torch-env
-	LSTM_JAX_TORCH_PYTHON=$$PWD/.venv-torch/bin/python $(PY) -m lstm_jax.bench $(BENCH_ARGS)
+	LSTM_JAX_TORCH_PYTHON=$$PWD/.venv-torch/bin/python $(PY) -m benchmarks.throughput $(BENCH_ARGS)

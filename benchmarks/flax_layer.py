@@ -8,8 +8,8 @@ with `nn.RNN(nn.OptimizedLSTMCell(H))` per layer, the other with
 (cross-entropy, Adam, donated state), the same inputs; the steps of the two
 are timed in turns (A, B, A, B, ...) so that a noisy neighbour hits both, and
 the table gives each one's median train tokens/s and their ratio. The shapes
-are lstm_jax.bench's TRAIN_CONFIGS (vocabulary, embedding, hidden, layers,
-batch, steps).
+are the throughput benchmark's TRAIN_CONFIGS (benchmarks/configs.py:
+vocabulary, embedding, hidden, layers, batch, steps).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from benchmarks.configs import TRAIN_CONFIGS, Shape
 from lstm_jax import host
 from lstm_jax import linen as lj
-from lstm_jax.bench import TRAIN_CONFIGS, Shape
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("shapes", ["char_rnn", "course_project", "dnd_word"], "Names in TRAIN_CONFIGS.")

@@ -19,10 +19,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from lstm_jax.cells import Cell, Params
-
-# LAYER_IMPLS is imported only to stay readable here, its address before the
-# lstm_jax.layers package: the benchmark lists the valid names from it.
-from lstm_jax.layers import LAYER_IMPLS, get_layer_impl  # noqa: F401
+from lstm_jax.layers import get_layer_impl
 
 Array = jax.Array
 Carry = Any  # a cell's carry pytree: Array or LSTMCarry

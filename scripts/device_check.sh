@@ -111,7 +111,7 @@ phase sample 60 "$RESULTS/sample.txt" \
 BUDGET=$((TOTAL_S - $(elapsed) - 30))
 ((BUDGET < 20)) && BUDGET=20
 phase bench $((BUDGET + 90)) "$RESULTS/bench.md" \
-  "$PY" -m lstm_jax.bench "${BENCH_ARGS[@]}" --peers torch --budget_s "$BUDGET" \
+  "$PY" -m benchmarks.throughput "${BENCH_ARGS[@]}" --peers torch --budget_s "$BUDGET" \
   --json "$RESULTS/bench.jsonl"
 
 echo "== summary ($(elapsed) s in all; results in $RESULTS) =="

@@ -22,7 +22,9 @@ alike. Freed memory is retained, as in `python -m lstm_jax.train`.
 """
 
 import argparse
+import pathlib
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -30,9 +32,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax import bench, host, recurrent
+from lstm_jax import host, recurrent
 from lstm_jax.cells import make_cell
 from lstm_jax.layers import fused
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root
+from benchmarks.configs import Shape  # noqa: E402  (beside the package, not installed)
+from benchmarks.timing import ours_trainer  # noqa: E402
 
 
 def interleaved_medians(fns: dict[str, Callable], rounds: int) -> dict[str, float]:
@@ -124,7 +130,7 @@ def main() -> None:
         return jnp.sum(hs)
 
     grad = jax.jit(jax.grad(stack_sum, argnums=(0, 1)))
-    trainer = bench.ours_trainer(bench.Shape(65, e, h, layers, b, t), "fused")
+    trainer = ours_trainer(Shape(65, e, h, layers, b, t), "fused")
     m = interleaved_medians(
         {"step": lambda: trainer.run(1), "stack": lambda: grad(params, xs)}, args.rounds
     )

@@ -7,7 +7,7 @@ Runs in the torch interpreter (LSTM_JAX_TORCH_PYTHON), one setting per process:
     .venv-torch/bin/python scripts/torch_lstm_backends.py --mkldnn 0
 
 Prints the per-step matmuls alone through torch.mm (MKL), then the benchmark's
-whole train step (`lstm_jax/bench_torch.py`'s model: embedding, nn.LSTM,
+whole train step (`benchmarks/bench_torch.py`'s model: embedding, nn.LSTM,
 readout, cross-entropy, clip, Adam; vocab 65) against the recurrent stack
 alone (forward + backward of sum(outputs)): the same figures that
 scripts/profile_fused_loop.py prints for ours. Medians over --rounds rounds
@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "lstm_jax"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_torch  # noqa: E402  (torch-only module, imported without the package)
 
 

@@ -185,54 +185,54 @@ def test_cudnn_fallback_warns_once_per_reason(monkeypatch):
 def test_bench_cli_and_json_rows():
     """The benchmark's plumbing (no timing): options, the JSON row, the FLOP
     count behind the roofline column (~20 MFLOP per token at the course-project size)."""
-    from lstm_jax import bench
+    from benchmarks import configs, peers, tables, throughput, timing
 
     with pytest.raises(SystemExit):
-        bench.parse_args(["--configs", "no_such_config"])
+        throughput.parse_args(["--configs", "no_such_config"])
     with pytest.raises(SystemExit):
-        bench.parse_args(["--impls", "no_such_impl"])
-    args = bench.parse_args(["--configs", "seeds", "--threads", "2,1", "--xla_option", "a=1"])
+        throughput.parse_args(["--impls", "no_such_impl"])
+    args = throughput.parse_args(["--configs", "seeds", "--threads", "2,1", "--xla_option", "a=1"])
     assert args.threads == [2, 1] and args.compiler_options == {"a": 1}
     assert args.configs == ["course_project"]  # the config's older name still works
-    args = bench.parse_args(["--impls", "scan,fused", "--cpu_devices", "2"])
+    args = throughput.parse_args(["--impls", "scan,fused", "--cpu_devices", "2"])
     assert args.impls == ["scan", "fused", "scan@2cpu", "fused@2cpu"]
-    assert bench.split_impl("fused@2cpu") == ("fused", 2, "default")
-    assert bench.split_impl("fused") == ("fused", 1, "default")
-    assert bench.split_impl("fused+onednn@2cpu") == ("fused", 2, "onednn")
-    args = bench.parse_args(["--impls", "fused", "--cpu_dots", "onednn", "--cpu_devices", "2"])
+    assert configs.split_impl("fused@2cpu") == ("fused", 2, "default")
+    assert configs.split_impl("fused") == ("fused", 1, "default")
+    assert configs.split_impl("fused+onednn@2cpu") == ("fused", 2, "onednn")
+    args = throughput.parse_args(["--impls", "fused", "--cpu_dots", "onednn", "--cpu_devices", "2"])
     assert args.impls == ["fused", "fused+onednn", "fused@2cpu", "fused+onednn@2cpu"]
-    both = bench.Row("zaremba_small", "fused+onednn@2cpu", bench.TRAIN_CONFIGS["zaremba_small"])
-    assert bench.label(both) == "ours: fused (custom VJP), oneDNN dots, rows over 2 CPU devices"
+    both = timing.Row("zaremba_small", "fused+onednn@2cpu", configs.TRAIN_CONFIGS["zaremba_small"])
+    assert tables.label(both) == "ours: fused (custom VJP), oneDNN dots, rows over 2 CPU devices"
     with pytest.raises(SystemExit):
-        bench.parse_args(["--cpu_dots", "mkl"])
-    split = bench.Row("char_rnn", "fused@2cpu", bench.TRAIN_CONFIGS["char_rnn"])
-    assert bench.label(split) == "ours: fused (custom VJP), rows over 2 CPU devices"
+        throughput.parse_args(["--cpu_dots", "mkl"])
+    split = timing.Row("char_rnn", "fused@2cpu", configs.TRAIN_CONFIGS["char_rnn"])
+    assert tables.label(split) == "ours: fused (custom VJP), rows over 2 CPU devices"
     with pytest.raises(SystemExit):
-        bench.parse_args(["--cpu_devices", "-1"])
-    shape = bench.TRAIN_CONFIGS["course_project"]
+        throughput.parse_args(["--cpu_devices", "-1"])
+    shape = configs.TRAIN_CONFIGS["course_project"]
     assert shape.train_flops_per_token == pytest.approx(19.9e6, rel=0.01)
-    ours = bench.Row("course_project", "fused", shape, times=[0.5, 1.0, 0.75], cpu=[1.0, 1.0, 1.0])
-    peer = bench.Row("course_project", "torch", shape, times=[1.5, 1.5, 1.5], cpu=[1.0, 1.0, 1.0])
-    rates = bench.MatmulRates("cpu", "cpu", {"float32": 270.0})
-    row = ours.as_json(rates, bench.ratios(ours, [ours, peer]))
+    ours = timing.Row("course_project", "fused", shape, times=[0.5, 1.0, 0.75], cpu=[1.0, 1.0, 1.0])
+    peer = timing.Row("course_project", "torch", shape, times=[1.5, 1.5, 1.5], cpu=[1.0, 1.0, 1.0])
+    rates = timing.MatmulRates("cpu", "cpu", {"float32": 270.0})
+    row = ours.as_json(rates, tables.ratios(ours, [ours, peer]))
     shape_keys = {"vocab", "embed", "hidden", "layers", "batch", "seq"}
     assert {"config", "impl", "tokens_per_s", *shape_keys} <= row.keys()
     assert row["tokens_per_s"] == pytest.approx(6400 / 0.75, abs=0.1)  # median step
     assert row["ratios"]["vs_torch"] == pytest.approx(2.0)
     # PyTorch also runs with freed memory retained; "best row" takes the faster.
-    args = bench.parse_args(["--threads", "2,1", "--torch_malloc", "retain"])
+    args = throughput.parse_args(["--threads", "2,1", "--torch_malloc", "retain"])
     assert args.torch_malloc == ["retain"] and args.malloc == "retain"
     with pytest.raises(SystemExit):
-        bench.parse_args(["--torch_malloc", "jemalloc"])
-    assert bench.torch_impl(2, [2, 1], "retain") == "torch_retain"
-    assert bench.torch_impl(1, [2, 1], "default") == "torch_1t"
-    fast = bench.Row("course_project", "torch_retain", shape, times=[0.5, 0.5, 0.5], cpu=[1.0] * 3)
-    both = bench.ratios(ours, [ours, peer, fast])
+        throughput.parse_args(["--torch_malloc", "jemalloc"])
+    assert peers.torch_impl(2, [2, 1], "retain") == "torch_retain"
+    assert peers.torch_impl(1, [2, 1], "default") == "torch_1t"
+    fast = timing.Row("course_project", "torch_retain", shape, times=[0.5, 0.5, 0.5], cpu=[1.0] * 3)
+    both = tables.ratios(ours, [ours, peer, fast])
     assert both["vs_torch"] == pytest.approx(2.0)
     assert both["vs_torch_best"] == pytest.approx(2 / 3)
     assert both["vs_torch_as_shipped"] == pytest.approx(2.0)  # the retain row left out
-    assert "vs_torch_as_shipped" not in bench.ratios(ours, [ours, fast])
-    table = bench.markdown([ours, peer, fast], rates, [])
+    assert "vs_torch_as_shipped" not in tables.ratios(ours, [ours, fast])
+    table = tables.markdown([ours, peer, fast], rates, [])
     ours_line = next(line for line in table.splitlines() if "| ours: fused" in line)
     assert "| 2.00x | 0.67x |" in ours_line  # as shipped, then best row
 

@@ -1,4 +1,5 @@
-"""Every module of lstm_jax imports on its own: no import cycles.
+"""Every module of lstm_jax, and of the benchmarks beside it, imports on its
+own: no import cycles.
 
 `python -c "import lstm_jax.layers.fused"`, and the same for each module,
 but cheaper: one fresh interpreter imports the third-party packages once (not
@@ -23,7 +24,7 @@ import importlib, json, os, sys, traceback
 import absl.flags, flax, jax, jax.numpy, ml_collections, numpy, optax, orbax.checkpoint  # noqa
 
 assert not any(m.startswith("lstm_jax") for m in sys.modules), "the driver imported lstm_jax"
-OPTIONAL = {"torch"}  # bench_torch.py runs in the PyTorch peer's own environment
+OPTIONAL = {"torch"}  # benchmarks/bench_torch.py runs in the PyTorch peer's own environment
 failures = {}
 for name in sys.argv[1:]:
     read, write = os.pipe()
@@ -49,9 +50,9 @@ print("RESULT " + json.dumps(failures))
 
 
 def all_modules() -> list[str]:
-    """Every module and package under lstm_jax/, dotted."""
+    """Every module and package under lstm_jax/ and benchmarks/, dotted."""
     names = []
-    for path in sorted((ROOT / "lstm_jax").rglob("*.py")):
+    for path in sorted([*(ROOT / "lstm_jax").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
         parts = path.relative_to(ROOT).with_suffix("").parts
         names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return names
@@ -61,6 +62,7 @@ def all_modules() -> list[str]:
 def test_every_module_imports_alone():
     names = all_modules()
     assert {"lstm_jax.layers", "lstm_jax.layers.fused", "lstm_jax.layers.scan"} <= set(names)
+    assert {"benchmarks.throughput", "benchmarks.bench_torch"} <= set(names)
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, *names],
         cwd=ROOT,

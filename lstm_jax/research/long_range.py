@@ -77,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.kernel_init = config_dict.placeholder(str)  # input kernels; None = cell default
     c.model.recurrent_init = config_dict.placeholder(str)  # recurrent kernels; None = default
     c.model.init_scale = config_dict.placeholder(float)  # None = cell default (0.08 uniform)
-    c.model.impl = "scan"  # layer implementation (lstm_jax.recurrent.LAYER_IMPLS)
+    c.model.impl = "scan"  # layer implementation (lstm_jax.layers.LAYER_IMPLS)
     c.model.unroll = 1  # lax.scan unroll factor
 
     # The optax chain: the same section (names, validation) as lstm_jax/config.py.

@@ -1,8 +1,8 @@
-"""The PyTorch peer of `python -m lstm_jax.bench`.
+"""The PyTorch peer of `python -m benchmarks.throughput`.
 
 Two ways in, one job format:
 - where torch is importable in the benchmark's own interpreter (a GPU image
-  ships torch and jax in one `python3`), `lstm_jax.bench` calls `run_job`
+  ships torch and jax in one `python3`), benchmarks/peers.py calls `run_job`
   directly, on the same accelerator as JAX when torch sees it;
 - otherwise (torch's CPU build exists for a different Python than the
   project's) it runs this file with `LSTM_JAX_TORCH_PYTHON` in a subprocess,
