@@ -1,6 +1,6 @@
 """The headline run: a word-level 3x512 LSTM on the 339 D&D 5e SRD spells.
 
-The seeds' "suitable results" setup (a 2018 course project): word-level,
+The course project's "suitable results" setup (Myers & Collart, 2018): word-level,
 3 LSTM layers of 512, 15-word windows, RMSProp at lr 1e-3.
 
     python -m lstm_jax.train --config configs/dnd.py            # word-level

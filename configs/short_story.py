@@ -1,4 +1,4 @@
-"""The seeds' first experiment: a word-level 2x512 LSTM trained with plain SGD
+"""The course project's first experiment: a word-level 2x512 LSTM trained with plain SGD
 on a short story, predicting the next word from 3- or 5-word windows.
 
     python -m lstm_jax.train --config configs/short_story.py --config.data.path=story.txt

@@ -1,6 +1,6 @@
 """Where the "fused" LSTM's time goes on CPU: per loop step, and per train step.
 
-    .venv/bin/python scripts/profile_fused_loop.py                 # seeds' size
+    .venv/bin/python scripts/profile_fused_loop.py                 # the course-project size
     .venv/bin/python scripts/profile_fused_loop.py --shape 50,50,64,128,2
     taskset -c 0 .venv/bin/python scripts/profile_fused_loop.py    # one core
     .venv/bin/python scripts/profile_fused_loop.py --alternatives  # + layouts, overlap

@@ -13,7 +13,7 @@ def sigmoid(x):
 
 
 def numpy_lstm(p, h, c, x):
-    """The seeds' equations, one weight block per gate, concatenated [h, x]."""
+    """The course project's equations, one weight block per gate, concatenated [h, x]."""
     hx = np.concatenate([h, x], axis=-1)
     w = np.concatenate([p["w_h"], p["w_x"]], axis=0)  # [H + D, 4H]
     hid = h.shape[-1]

@@ -1,5 +1,5 @@
 """Tests for the task runner (lstm_jax.research.long_range), the vmapped sweeps
-(lstm_jax.research.sweep) and the seeds' study (lstm_jax.research.study).
+(lstm_jax.research.sweep) and the course project's study (lstm_jax.research.study).
 
 The central check: K members trained in one vmapped program end with the same
 parameters as K separate ordinary runs with the same seeds, learning rates and
@@ -261,7 +261,7 @@ def test_unknown_task_option_and_config_argument():
 
 
 def test_study_variants_share_the_baseline():
-    config = common.load_config("configs/ablations/seeds_study.py")
+    config = common.load_config("configs/ablations/course_project_study.py")
     runs = study.variants(config)
     names = [r["name"] for r in runs]
     # 6 optimizers + 3 windows + 2 depths, the baseline (rmsprop 1e-3, 15, 3) shared
@@ -284,7 +284,7 @@ def test_study_variants_share_the_baseline():
 
 @pytest.mark.slow
 def test_study_smoke_runs_and_reuses(tmp_path):
-    config = common.load_config("configs/ablations/seeds_study.py:smoke")
+    config = common.load_config("configs/ablations/course_project_study.py:smoke")
     results = study.run(config, str(tmp_path))
     assert results["variants"] == ["baseline"]
     assert sorted(r["axis"] for r in results["table"]) == sorted(study.AXES)
@@ -318,7 +318,8 @@ def test_clis(tmp_path):
     bad = subprocess.run(
         [
             sys.executable, "-m", "lstm_jax.research.study",
-            "--config", "configs/ablations/seeds_study.py:smoke", "--workdir", str(tmp_path / "s"),
+            "--config", "configs/ablations/course_project_study.py:smoke",
+            "--workdir", str(tmp_path / "s"),
             "--config.nope=1",
         ],
         cwd=root, env=env, capture_output=True, text=True, timeout=120,

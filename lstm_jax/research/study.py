@@ -1,8 +1,9 @@
-"""The seeds' hyperparameter study on the D&D spells, rerun with this codebase.
+"""The course project's hyperparameter study on the D&D spells, rerun with this codebase.
 
-    python -m lstm_jax.research.study --config configs/ablations/seeds_study.py --workdir DIR
+    python -m lstm_jax.research.study --config configs/ablations/course_project_study.py \\
+        --workdir DIR
 
-The seeds (a 2018 course project) compared, on their word-level D&D spell
+The 2018 course project (Myers & Collart) compared, on their word-level D&D spell
 model (`configs/dnd.py`: 3 LSTM layers of 512, 15-word windows, RMSProp 1e-3):
 
   optimizer     plain SGD at lr 0.1, 0.01, 0.001, 0.0005 vs RMSProp vs Adam

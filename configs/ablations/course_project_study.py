@@ -1,8 +1,9 @@
-"""The seeds' hyperparameter study on the D&D spells (lstm_jax.research.study).
+"""The course project's hyperparameter study on the D&D spells (lstm_jax.research.study).
 
-    python -m lstm_jax.research.study --config configs/ablations/seeds_study.py --workdir DIR
+    python -m lstm_jax.research.study --config configs/ablations/course_project_study.py \\
+        --workdir DIR
     # the test's tiny variant (2x32 model of configs/dnd.py:smoke, a few steps):
-    #   --config configs/ablations/seeds_study.py:smoke
+    #   --config configs/ablations/course_project_study.py:smoke
 
 Each axis changes one setting of the base config (configs/dnd.py: word level,
 3x512 LSTM, 15-word windows, RMSProp 1e-3); every run sees `train_tokens` words.
