@@ -1,7 +1,6 @@
 import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 
@@ -64,10 +63,6 @@ def ptb_dir(tmp_path) -> pathlib.Path:
     for split, n in (("train", 200), ("valid", 30), ("test", 30)):
         (d / f"ptb.{split}.txt").write_text(line * n)
     return d
-
-
-def python_cmd(*args: str) -> list[str]:
-    return [sys.executable, *args]
 
 
 def pytest_collection_modifyitems(config, items):
