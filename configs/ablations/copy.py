@@ -10,7 +10,7 @@ Every field is documented in lstm_jax/research/long_range.py:base_config.
 
 import ml_collections
 
-from lstm_jax.research.long_range import base_config, config_args, smoke
+from lstm_jax.research.long_range import base_config, config_args, lstm_task_setup, smoke
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -23,18 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task.options.score_blanks = False  # loss on the k recalled symbols only
     c.task.options.solve_accuracy = 0.99  # solved: 99% of recalled symbols right
 
-    c.model.cell = "lstm"
-    c.model.hidden_size = 64
-    c.model.forget_bias = 3.0  # a memory open at init (see configs/ablations/adding.py)
-
-    c.optim.name = "adam"
-    c.optim.learning_rate = 3e-3  # as for the adding problem
-    c.optim.clip_value = 1.0  # global-norm clipping
-
-    c.train.num_steps = 3000  # cap; a member stops when solved
-    c.train.eval_every = 100
-
-    c.sweep.seeds = (0, 1)  # two independent runs in one program
+    lstm_task_setup(c)
 
     if "smoke" in args:
         smoke(c)

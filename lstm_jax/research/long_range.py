@@ -120,6 +120,22 @@ def config_args(arg: str | None, valid: tuple[str, ...], path: str) -> set[str]:
     return args
 
 
+def lstm_task_setup(c: ml_collections.ConfigDict) -> None:
+    """The setup the task ablations (copy, timer, temporal order) share: an
+    LSTM of 64 with its memory open at init, Adam 3e-3 with global-norm
+    clipping at 1, at most 3000 updates evaluated every 100, two seeds in one
+    program."""
+    c.model.cell = "lstm"
+    c.model.hidden_size = 64
+    c.model.forget_bias = 3.0  # a memory open at init (see configs/ablations/adding.py)
+    c.optim.name = "adam"
+    c.optim.learning_rate = 3e-3  # as for the adding problem
+    c.optim.clip_value = 1.0  # global-norm clipping
+    c.train.num_steps = 3000  # cap; a member stops when solved
+    c.train.eval_every = 100
+    c.sweep.seeds = (0, 1)  # two independent runs in one program
+
+
 def smoke(c: ml_collections.ConfigDict) -> None:
     """The `:smoke` variant's shared part: tiny model, a few steps, quiet."""
     c.model.hidden_size = 8
