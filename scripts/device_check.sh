@@ -5,7 +5,9 @@
 #      the end (1500 steps), its wall time and final summary (time breakdown,
 #      val perplexity);
 #   3. sampling from that run with `python -m lstm_jax.sample` (wall time);
-#   4. the benchmark, every GPU config and the sampling rows, against the
+#   4. our LSTM (cuDNN, fused) in a Flax model against Flax's own
+#      nn.RNN(OptimizedLSTMCell) in the same model (`python -m benchmarks.flax_layer`);
+#   5. the benchmark, every GPU config and the sampling rows, against the
 #      PyTorch peer (cuDNN fp32 and bf16 autocast) on the same GPU, capped by
 #      what is left of the time budget.
 # Everything goes into one results folder ($OUT if set, else
@@ -54,6 +56,7 @@ if [[ $SMOKE == 1 ]]; then
   TRAIN_CONFIG=configs/dnd.py:smoke
   TRAIN_TIMEOUT=120
   SAMPLE_ARGS=(--num_samples 4 --length 20)
+  FLAX_ARGS=(--shapes smoke --impls fused --steps 2 --turns 1)
   BENCH_ARGS=(--configs sample,smoke --impls fused,fused_bf16 --steps 2 --rounds 1 --warmup 1
     --sample_tokens 20 --matmul_n 256)
 else
@@ -62,6 +65,7 @@ else
   TRAIN_CONFIG=configs/dnd.py
   TRAIN_TIMEOUT=120
   SAMPLE_ARGS=(--num_samples 64 --length 200)
+  FLAX_ARGS=(--shapes course_project,dnd_word,char_rnn --impls cudnn,fused --steps 10 --turns 3)
   # sampling first, then the configs of the GPU goals (docs/performance.md), headline first
   BENCH_ARGS=(--configs sample,course_project,dnd_word,gpu_2x1024,char_rnn,gpu_2x650
     --impls fused,cudnn,fused_bf16)
@@ -99,14 +103,17 @@ phase gpu_tests "$TEST_TIMEOUT" "$RESULTS/pytest.txt" "$PY" -m pytest -q -m gpu 
 # 2. The headline run to the end; its summary is the JSON object that ends stdout.
 phase train "$TRAIN_TIMEOUT" "$RESULTS/train.txt" \
   "$PY" -m lstm_jax.train --config "$TRAIN_CONFIG" --workdir "$WORK/dnd"
-"$PY" scripts/device_check_report.py --extract-summary "$RESULTS/train.txt" \
-  >"$RESULTS/train_summary.json"
 
 # 3. Sampling from that run, end to end (imports, restore, compile, generate).
 phase sample 60 "$RESULTS/sample.txt" \
   "$PY" -m lstm_jax.sample --workdir "$WORK/dnd" "${SAMPLE_ARGS[@]}"
 
-# 4. The benchmark with what is left of the budget (it never starts a row it
+# 4. Our layer against Flax's own, each in the same Flax model (the summary reads
+# the table rows).
+phase flax_layer 150 "$RESULTS/flax_layer.md" \
+  "$PY" -m benchmarks.flax_layer "${FLAX_ARGS[@]}"
+
+# 5. The benchmark with what is left of the budget (it never starts a row it
 # cannot finish; the margin covers the one compile or round that may overrun).
 BUDGET=$((TOTAL_S - $(elapsed) - 30))
 ((BUDGET < 20)) && BUDGET=20

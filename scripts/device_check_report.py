@@ -5,8 +5,9 @@
                                                                   # final JSON summary
 
 Reads phases.txt (environment lines "# ..." and one "name<TAB>exit status<TAB>
-seconds" line per step), pytest.txt, train_summary.json, bench.jsonl. Standard
-library only: it runs beside any interpreter.
+seconds" line per step), pytest.txt, train.txt (the train CLI's final JSON
+summary), flax_layer.md, bench.jsonl. Standard library only: it runs beside
+any interpreter.
 """
 
 from __future__ import annotations
@@ -151,10 +152,8 @@ def bench_tables(rows: list[dict]) -> list[str]:
 
 def report(results: pathlib.Path) -> str:
     env, phases = read_phases(results)
-    summary_path = results / "train_summary.json"
-    summary = None
-    if summary_path.exists() and summary_path.read_text().strip():
-        summary = json.loads(summary_path.read_text())
+    train_log = results / "train.txt"
+    summary = extract_summary(train_log.read_text(errors="replace")) if train_log.exists() else None
     bench_path = results / "bench.jsonl"
     rows = (
         [json.loads(ln) for ln in bench_path.read_text().splitlines()]
@@ -167,8 +166,19 @@ def report(results: pathlib.Path) -> str:
     out.append(f"| train (headline dnd run) | {_phase(phases, 'train')} |")
     out += _train_lines(summary)
     out.append(f"| sample CLI | {_phase(phases, 'sample')} |")
+    out.append(f"| flax layer | {_phase(phases, 'flax_layer')} |")
     out.append(f"| bench | {_phase(phases, 'bench')}, {len(rows)} rows (bench.md has the notes) |")
-    return "\n".join(out + bench_tables(rows))
+    return "\n".join(out + flax_table(results) + bench_tables(rows))
+
+
+def flax_table(results: pathlib.Path) -> list[str]:
+    """The table rows `python -m benchmarks.flax_layer` printed (our LSTM
+    against Flax's nn.RNN(OptimizedLSTMCell) in the same Flax model)."""
+    path = results / "flax_layer.md"
+    if not path.exists():
+        return []
+    table = [ln for ln in path.read_text(errors="replace").splitlines() if ln.startswith("|")]
+    return ["", "Our layer in a Flax model against Flax's own layer:", "", *table] if table else []
 
 
 def main(argv: list[str]) -> None:

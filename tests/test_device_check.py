@@ -45,7 +45,14 @@ def test_report_table(tmp_path):
         "outside_step_fraction": 0.075,
         "time_s": {"steps": 30.0, "compile_train": 9.5, "evals": 2.0},
     }
-    (tmp_path / "train_summary.json").write_text(json.dumps(summary))
+    train_log = "train: 100%|#####| 1500/1500\n" + json.dumps(summary, indent=2) + "\n"
+    (tmp_path / "train.txt").write_text(train_log)
+    (tmp_path / "flax_layer.md").write_text(
+        "jax 0.11.2 on gpu (NVIDIA H100 80GB HBM3)\n"
+        "| shape (V, E, HxL, B, T) | our impl | Flax nn.RNN tok/s | ours tok/s | ours / Flax |\n"
+        "|---|---|--:|--:|--:|\n"
+        "| course_project (65, 64, 512x2, 64, 100) | cudnn | 100,000 | 400,000 | 4.00x |\n"
+    )
     rows = [
         _row("course_project", "fused", 900_000.0),
         _row("course_project", "torch", 300_000.0),
@@ -66,6 +73,9 @@ def test_report_table(tmp_path):
     course_project = next(line for line in lines if line.startswith("| course_project |"))
     assert course_project.endswith("| 3.00x | 3.00x |")  # fused / torch, bf16 / torch bf16
     assert "| 64 streams | 50.0k | 5,000 | 10.00x |" in lines
+    flax_row = "| course_project (65, 64, 512x2, 64, 100) | cudnn | 100,000 | 400,000 | 4.00x |"
+    assert flax_row in lines
+    assert "| flax layer | not run |" in lines  # phases.txt has no flax_layer line
 
 
 def test_report_of_an_empty_folder(tmp_path):
