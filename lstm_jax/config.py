@@ -74,7 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.kernel_init = "uniform"  # input kernels (lstm_jax.initializers)
     c.model.recurrent_init = "uniform"  # recurrent kernels
     c.model.init_scale = 0.08  # uniform bound / normal std (char-rnn 0.08)
-    c.model.impl = "fused"  # layer: "fused" (custom VJP, fast) or "scan" (the reference)
+    # the layer: "auto" (the fastest exact one here, lstm_jax.layers.resolve_impl: for an
+    # fp32 LSTM cuDNN on a CUDA GPU, oneDNN on a CPU, else "fused"), or a name in
+    # lstm_jax.layers.LAYER_IMPLS ("fused", "scan" the reference, ...)
+    c.model.impl = "auto"
     c.model.unroll = 1  # lax.scan unroll factor
     # Matmul precision of the forward and backward: "default" (the backend's
     # fastest: full fp32 on CPU, TF32 on NVIDIA GPUs, bf16 passes on TPUs),

@@ -52,7 +52,7 @@ class RecurrentCoreConfig:
     init_scale: float | None = None  # uniform bound / normal std; None = cell default
     dropout: float = 0.0  # between layers (and around the stack in the LM)
     unroll: int = 1  # lax.scan unroll factor
-    impl: str = "scan"  # layer implementation, a name in lstm_jax.layers.LAYER_IMPLS
+    impl: str = layers.AUTO  # a name in lstm_jax.layers.LAYER_IMPLS, or "auto" (resolve_impl)
     matmul_precision: str = "default"  # one of MATMUL_PRECISIONS (above)
 
     def __post_init__(self):
@@ -208,7 +208,7 @@ class LMConfig(RecurrentCoreConfig):
     kernel_init: str | None = "uniform"  # as config.py: char-rnn's uniform(+-0.08)
     recurrent_init: str | None = "uniform"
     init_scale: float | None = 0.08
-    impl: str = "fused"  # as config.py: the fast path, exact against "scan"
+    impl: str = layers.AUTO  # as config.py
     embed_dim: int = 0  # E; 0 = one-hot inputs as in char-rnn (E = V, no table)
     # readout = embedding^T (Press & Wolf 2017; Inan et al. 2017); with E != H through
     # a learned [H, E] projection, params["readout"]["proj"]

@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from lstm_jax.cells import Cell, Params
-from lstm_jax.layers import get_layer_impl
+from lstm_jax.layers import AUTO, get_layer_impl, resolve_impl
 
 Array = jax.Array
 Carry = Any  # a cell's carry pytree: Array or LSTMCarry
@@ -42,11 +42,12 @@ def run_layer(
     *,
     time_major: bool = False,
     unroll: int = 1,
-    impl: str = "scan",
+    impl: str = AUTO,
 ) -> tuple[Carry, Array]:
     """One recurrent layer over `inputs` ([B, T, D], or [T, B, D] if
     `time_major`). Returns the final carry and the outputs in the input layout."""
     xs = to_time_major(inputs, time_major)
+    impl = resolve_impl(impl, reset_mask=reset is not None, cell=cell, dtype=xs.dtype)
     carry, hs = get_layer_impl(impl)(
         cell, params, xs, carry, to_time_major(reset, time_major), unroll=unroll
     )
@@ -205,7 +206,7 @@ def run_stack(
     locked_dropout_rate: float = 0.0,
     time_major: bool = False,
     unroll: int = 1,
-    impl: str = "scan",
+    impl: str = AUTO,
     mesh: Mesh | None = None,
     mesh_axis: str = "data",
 ) -> tuple[tuple[Carry, ...], Array]:
@@ -224,7 +225,9 @@ def run_stack(
         raise ValueError(f"got {len(carries)} carries for {len(layers)} layers")
     xs = to_time_major(inputs, time_major)
     reset = to_time_major(reset, time_major)
-    layer_fn = get_layer_impl(impl)  # an unknown name fails here, before tracing a layer
+    # an unknown name fails here, before tracing a layer
+    impl = resolve_impl(impl, reset_mask=reset is not None, cell=cell, dtype=xs.dtype)
+    layer_fn = get_layer_impl(impl)
     hidden = jax.tree.leaves(carries[0])[0].shape[-1]  # H, from the carry (h or (h, c))
     keeps = [  # drawn for the whole batch, whatever the mesh
         dropout_keep(dropout_rate, _layer_rng(rng, i), (*xs.shape[:2], hidden))

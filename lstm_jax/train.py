@@ -55,7 +55,7 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from lstm_jax import cli, host, optim, parallel
+from lstm_jax import cells, cli, host, layers, optim, parallel
 from lstm_jax import config as config_lib
 from lstm_jax import model as model_lib
 from lstm_jax import sample as sampling
@@ -1003,12 +1003,14 @@ def describe_run(run: Run, state: TrainState, progress: Progress) -> int:
     """The run's one-line description; returns the parameter count."""
     c, d, t = run.config, run.data, run.config.train
     start, n_params = int(state.step), count_params(state.params)
+    cell = cells.make_cell(c.model.cell)
+    layer = layers.resolve_impl(c.model.impl, cell=cell, dtype=jnp.float32)  # "auto": which
     progress.write(
         f"{d.description}: {len(d.splits['train']):,} train / "
         f"{len(d.splits['valid']):,} valid"
         + (f" / {len(d.splits['test']):,} test" if len(d.splits.get("test", ())) else "")
         + f" tokens, vocab {d.tokenizer.vocab_size:,}; model "
-        f"{c.model.num_layers}x{c.model.hidden_size} {c.model.cell}, "
+        f"{c.model.num_layers}x{c.model.hidden_size} {c.model.cell} ({layer} layer), "
         f"{n_params:,} parameters; {run.batcher.steps_per_epoch} steps/epoch"
         + (f"; resuming at step {start}" if start else "")
     )

@@ -252,7 +252,7 @@ def test_unknown_cell_falls_back_to_the_reference_scan(monkeypatch):
     params = cell.init(jax.random.key(0), D, H)
     xs = jax.random.normal(jax.random.key(1), (T, B, D))
     carry = cell.zero_carry(B, H)
-    assert fused._cell_kind(cell) is None
+    assert fused.cell_kind(cell) is None
     monkeypatch.setattr(fallback, "_warned", set())
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")

@@ -169,6 +169,33 @@ def test_vmap_over_a_batch_of_sequences():
     )
 
 
+def test_auto_picks_an_exact_layer_that_runs_this_call_without_a_fallback():
+    """ "auto" is the default of every layer, model and config; it never lands on
+    a layer that would fall back (and warn) for the call at hand."""
+    from lstm_jax import config as config_lib
+    from lstm_jax.layers import onednn
+    from lstm_jax.model import LMConfig, RecurrentCoreConfig
+
+    lstm, gru = lstm_jax.make_cell("lstm"), lstm_jax.make_cell("gru")
+    here = "onednn" if onednn.installed() else "fused"  # this CPU; a CUDA GPU: "cudnn"
+    assert layers.resolve_impl("auto", cell=lstm, dtype=jnp.float32) == here
+    assert layers.resolve_impl("auto", cell=lstm, dtype=jnp.float32, reset_mask=True) == "fused"
+    assert layers.resolve_impl("auto", cell=lstm, dtype=jnp.float64) == "fused"
+    assert layers.resolve_impl("auto", cell=gru, dtype=jnp.float32) == "fused"
+
+    class Unfused:  # a cell "fused" has no backward pass for (as research's PerturbedCell)
+        pass
+
+    assert layers.resolve_impl("auto", cell=Unfused()) == "scan"
+    assert layers.resolve_impl("scan", cell=lstm) == "scan"  # a name is kept as given
+    assert config_lib.base_config().model.impl == "auto"
+    assert LMConfig(vocab_size=5).impl == RecurrentCoreConfig().impl == "auto"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fallback.LayerFallbackWarning)
+        params = lstm_jax.init_layers(jax.random.key(0), gru, D, H, num_layers=1)
+        lstm_jax.apply_layers(gru, params, inputs(), seq_lengths=LENGTHS)  # auto: "fused"
+
+
 def test_the_public_api():
     assert {"apply_layers", "init_layers", "make_cell", "LAYER_IMPLS", "resolve_impl"} <= set(
         lstm_jax.__all__

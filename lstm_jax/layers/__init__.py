@@ -16,8 +16,9 @@ is chosen by name (`model.impl` in a config):
   "cudnn"        cudnn.py: cuDNN's LSTM on a CUDA GPU; elsewhere "fused"
   "onednn"       onednn.py: oneDNN's LSTM primitive on CPU (optional `.[onednn]`);
                  elsewhere "fused"
-  "auto"         the library's default, resolved by `resolve_impl`: "cudnn" on a
-                 CUDA GPU, "onednn" on the CPU where it is installed, else "fused"
+  "auto"         the default everywhere, resolved per call by `resolve_impl`: for an
+                 fp32 LSTM "cudnn" on a CUDA GPU, "onednn" on the CPU where it is
+                 installed, else "fused" ("scan" for a cell without a fused path)
 
 Variable-length rows (`seq_lengths`) and reversed rows run through
 lengths.py on top of any of these.
@@ -35,8 +36,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 
+from lstm_jax.cells import LSTM, Cell
 from lstm_jax.layers import cudnn, fused, onednn, scan
 from lstm_jax.layers.fallback import LayerFallbackWarning
 
@@ -51,30 +54,46 @@ LAYER_IMPLS: dict[str, LayerFn] = {
 
 
 AUTO = "auto"
-_resolved: dict[str, str] = {}  # backend -> what "auto" means there, logged once
+_resolved: dict[str, str] = {}  # backend -> what "auto" means there for an fp32 LSTM
 
 
-def resolve_impl(name: str, *, reset_mask: bool = False) -> str:
-    """`name`, or for "auto" the fastest exact layer here: "cudnn" on a CUDA
-    GPU, "onednn" on the CPU when its wheels are installed, else "fused";
-    "fused" wherever the call needs a mid-sequence `reset_mask` (as
-    variable-length rows do), which neither vendor primitive has. The one
-    place "auto" is decided; logged once per backend."""
+def resolve_impl(
+    name: str, *, reset_mask: bool = False, cell: Cell | None = None, dtype: Any = None
+) -> str:
+    """`name`, or for "auto" the fastest exact layer for this call: for an
+    LSTM in float32, "cudnn" on a CUDA GPU, "onednn" on the CPU where its
+    wheels are installed and its extension builds, else "fused"; "fused" for
+    the other cells, for other dtypes and wherever the call needs a
+    mid-sequence `reset_mask` (as variable-length rows do), which neither
+    vendor primitive has; "scan" for a cell that "fused" has no backward
+    pass for. The one place "auto" is decided, so that it never lands on a
+    fallback; the backend's choice is logged once."""
     if name != AUTO:
         get_layer_impl(name)  # an unknown name lists the valid ones
         return name
-    if reset_mask:
+    if cell is not None and fused.cell_kind(cell) is None:
+        return "scan"
+    lstm = cell is None or isinstance(cell, LSTM)
+    if reset_mask or not lstm or (dtype is not None and jnp.dtype(dtype) != jnp.float32):
         return "fused"
     backend = jax.default_backend()
     if backend not in _resolved:
-        if cudnn.cudnn_available():
-            _resolved[backend] = "cudnn"
-        elif backend == "cpu" and onednn.installed():
-            _resolved[backend] = "onednn"
-        else:
-            _resolved[backend] = "fused"
+        _resolved[backend] = _fastest_lstm_layer(backend)
         logging.info('layer impl "auto" is "%s" on %s', _resolved[backend], backend)
     return _resolved[backend]
+
+
+def _fastest_lstm_layer(backend: str) -> str:
+    if cudnn.cudnn_available():
+        return "cudnn"
+    if backend == "cpu" and onednn.installed():
+        try:
+            onednn.load()  # builds the extension once (cached); a failed build is not fatal here
+        except onednn.OnednnUnavailable as e:
+            logging.warning('layer impl "auto": oneDNN is installed but unusable (%s); "fused"', e)
+            return "fused"
+        return "onednn"
+    return "fused"
 
 
 def get_layer_impl(name: str) -> LayerFn:

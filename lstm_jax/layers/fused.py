@@ -113,7 +113,7 @@ def _prev(first: Array, seq: Array, reset: Array | None) -> Array:
     return jnp.where(reset[..., None], jnp.zeros_like(prev), prev)
 
 
-def _cell_kind(cell: Cell) -> str | None:
+def cell_kind(cell: Cell) -> str | None:
     """The static tag the custom VJP dispatches on; None = no fast path."""
     if isinstance(cell, LSTM):
         return "lstm"
@@ -408,7 +408,7 @@ def _fused_chunk(
     compute_dtype: str | None,
 ) -> tuple[Carry, Array]:
     """Projection + custom-VJP recurrence over all of `xs` (no remat)."""
-    kind = _cell_kind(cell)
+    kind = cell_kind(cell)
     if kind is None:  # an unknown cell: the reference scan is always right
         reason = f"no hand-written backward pass for the cell {type(cell).__name__}"
         warn_fallback("fused", "scan", reason)

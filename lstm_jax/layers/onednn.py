@@ -130,6 +130,12 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
+def load() -> None:
+    """Build (or reuse) and load the extension now; OnednnUnavailable, naming
+    the problem, when it cannot."""
+    _library()
+
+
 def _workspace_bytes(t: int, b: int, d: int, h: int) -> int:
     n = _library().lstm_jax_onednn_workspace_bytes(t, b, d, h)
     if n < 0:
@@ -143,7 +149,7 @@ def _forward(params: Params, xs: Array, h0: Array, c0: Array):
     f32 = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
     outs = (f32((t, b, h)), f32((b, h)), f32((b, h)))
     outs += (jax.ShapeDtypeStruct((_workspace_bytes(t, b, d, h),), jnp.uint8),)
-    return jax.ffi.ffi_call(FORWARD_TARGET, outs)(
+    return jax.ffi.ffi_call(FORWARD_TARGET, outs, vmap_method="sequential")(
         xs, h0, c0, params["w_x"], params["w_h"], params["b"]
     )  # hs, h_T, c_T, workspace
 
@@ -167,7 +173,9 @@ def _lstm_layer_bwd(saved, cotangents):
         jax.ShapeDtypeStruct(x.shape, jnp.float32)
         for x in (xs, h0, c0, params["w_x"], params["w_h"], params["b"])
     )
-    d_xs, d_h0, d_c0, d_w_x, d_w_h, d_b = jax.ffi.ffi_call(BACKWARD_TARGET, outs)(
+    # under vmap, one call per row of the mapped axis (the primitive has no batch of layers)
+    backward = jax.ffi.ffi_call(BACKWARD_TARGET, outs, vmap_method="sequential")
+    d_xs, d_h0, d_c0, d_w_x, d_w_h, d_b = backward(
         xs, h0, c0, params["w_x"], params["w_h"], params["b"],
         hs, h_last, c_last, workspace, d_hs, d_h_last, d_c_last,
     )  # fmt: skip

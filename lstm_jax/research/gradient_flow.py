@@ -171,7 +171,7 @@ def state_gradient_norms(
 
     def loss(carry0, eps):  # eps [T, B, P]
         _, hs = recurrent.run_layer(
-            probed, layer, jnp.concatenate([xs, eps], -1), carry0, time_major=True
+            probed, layer, jnp.concatenate([xs, eps], -1), carry0, time_major=True, impl="scan"
         )
         y = hs[-1] @ params["head"]["w"] + params["head"]["b"]  # [B, O]
         return jnp.sum(jnp.square(y - targets))
@@ -228,6 +228,7 @@ def make_model(config: ml_collections.ConfigDict, variant: str) -> SequenceModel
             kernel_init=m.kernel_init,
             recurrent_init=m.recurrent_init,
             init_scale=m.init_scale,
+            impl="scan",  # the reference layer: float64, vmapped over seeds
         )
     )
 

@@ -130,7 +130,7 @@ def read_and_grad(cell: Any, params: Params, inputs: Array, read_at: Array) -> d
 
     def reads(x):
         carry = cell.zero_carry(x.shape[0], 1, x.dtype)
-        _, hs = recurrent.run_layer(cell, params, x, carry)  # [B, T, 1]
+        _, hs = recurrent.run_layer(cell, params, x, carry, impl="scan")  # [B, T, 1]
         return hs[rows, read_at, 0], hs  # [B]
 
     (read, hs), vjp = jax.vjp(reads, inputs)
