@@ -10,7 +10,7 @@ and on a GPU test_layers_gpu.py). `LAYER_IMPLS` below is the one place a layer
 is chosen by name (`model.impl` in a config):
 
   "scan"         scan.py: the reference, hoisted projection + `lax.scan` (a leaf module)
-  "fused"        fused.py: custom VJP, one dW matmul after the loop (the fast default)
+  "fused"        fused.py: custom VJP, one dW matmul after the loop ("auto" for other cells)
   "fused_remat"  fused.py: + checkpointed chunks of ceil(sqrt(T)) steps (long sequences)
   "fused_bf16"   fused.py: + bf16 matmul operands, fp32 accumulation and state
   "cudnn"        cudnn.py: cuDNN's LSTM on a CUDA GPU; elsewhere "fused"

@@ -40,7 +40,7 @@ and the registered names in `LAYER_IMPLS` fix common choices):
   accumulated in fp32, parameters, carries and gate math stay fp32.
 
 Registered names (merged into the registry, `lstm_jax.layers.LAYER_IMPLS`):
-  "fused"        fp32, custom VJP (the fast default)
+  "fused"        fp32, custom VJP
   "fused_remat"  + checkpointed chunks of ceil(sqrt(T)) steps (long sequences)
   "fused_bf16"   + bf16 matmul operands (meant for GPUs, and CPUs with bf16
                  dot instructions; docs/performance.md has the measurements)
