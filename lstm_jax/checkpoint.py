@@ -82,6 +82,25 @@ def flat_leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {"/".join(head + [_key_name(k) for k in path]): leaf for path, leaf in flat}
 
 
+def shape_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str:
+    """What differs between a checkpoint's array shapes and the ones a config
+    builds (both by `flat_leaves` name), in one line naming at most 4 arrays
+    per kind; "" when they agree. Train and sample refuse a mismatch with it."""
+    only_new = sorted(wanted.keys() - saved.keys())
+    only_old = sorted(saved.keys() - wanted.keys())
+    resized = sorted(k for k in wanted.keys() & saved.keys() if wanted[k] != saved[k])
+    parts = []
+    for label, names in (
+        ("the config adds", only_new),
+        ("the checkpoint has, the config not", only_old),
+        ("shapes differ", [f"{k} (saved {saved[k]}, config {wanted[k]})" for k in resized]),
+    ):
+        if names:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            parts.append(f"{label}: {shown}")
+    return "; ".join(parts)
+
+
 def _to_host(x: Any) -> np.ndarray:
     """The global value of `x` in host memory. On a GPU this is a copy; on the CPU
     it may share the device buffer, and while it does XLA does not reuse that

@@ -53,7 +53,7 @@ from absl import app, flags, logging
 
 from lstm_jax import cli, host
 from lstm_jax import workdir as workdir_lib
-from lstm_jax.checkpoint import Checkpointer, CheckpointError, flat_leaves
+from lstm_jax.checkpoint import Checkpointer, CheckpointError, flat_leaves, shape_mismatch
 from lstm_jax.data.corpora import RECORD_SEPARATOR
 from lstm_jax.data.tokenizers import Tokenizer, tokenizer_from_json
 from lstm_jax.model import LanguageModel, LMConfig, build_model
@@ -852,15 +852,10 @@ def _check_saved_shapes(
     for prefix in dict.fromkeys(("params", subtree)):
         saved = {k: v for k, v in shapes.items() if k.startswith(f"{prefix}/")}
         expected = {k: tuple(v.shape) for k, v in flat_leaves(target, prefix).items()}
-        if expected != saved:
-            diffs = [
-                f"{k}: saved {saved.get(k)} vs config {expected.get(k)}"
-                for k in sorted(saved.keys() | expected.keys())
-                if saved.get(k) != expected.get(k)
-            ]
+        if mismatch := shape_mismatch(saved, expected):
             raise CheckpointError(
                 f"the {prefix} of checkpoint {where} do not match the model its config "
-                f"describes ({'; '.join(diffs[:5])})"
+                f"describes ({mismatch})"
             )
 
 

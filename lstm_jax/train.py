@@ -65,6 +65,7 @@ from lstm_jax.checkpoint import (
     CheckpointError,
     DamagedCheckpointError,
     flat_leaves,
+    shape_mismatch,
 )
 from lstm_jax.data import batching, corpora, token_cache, tokenizers
 from lstm_jax.metrics import (
@@ -621,23 +622,12 @@ def check_saved_tree(run: Run, target: TrainState) -> None:
             return  # unreadable: the fallback finds the newest good one
         raise
     wanted = {name: tuple(x.shape) for name, x in flat_leaves(target).items()}
-    if saved == wanted:
+    mismatch = shape_mismatch(saved, wanted)
+    if not mismatch:
         return
-    only_new = sorted(wanted.keys() - saved.keys())
-    only_old = sorted(saved.keys() - wanted.keys())
-    resized = sorted(k for k in wanted.keys() & saved.keys() if wanted[k] != saved[k])
-    parts = []
-    for label, names in (
-        ("this config adds", only_new),
-        ("the checkpoint has, this config not", only_old),
-        ("shapes differ", resized),
-    ):
-        if names:
-            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-            parts.append(f"{label}: {shown}")
     raise CheckpointError(
         f"the checkpoint at step {step} in {run.workdir} holds another training state than "
-        f"this config builds ({'; '.join(parts)}). A setting that changes the saved state "
+        f"this config builds ({mismatch}). A setting that changes the saved state "
         "differs from the run that wrote it (an optim field such as name, momentum or "
         "schedule, or a model size). Restore that setting, or use a new --workdir; "
         "nothing in the workdir was changed."

@@ -30,3 +30,17 @@ def test_an_optimizer_that_adds_state_is_named_not_called_damage(tmp_path, chang
     assert (wd / "config.json").read_text() == before
     # the original settings still resume
     assert train.train_and_evaluate(smoke(**{"train.num_steps": 8}), str(wd))["final_step"] == 8
+
+
+def test_shape_mismatch_names_each_kind_of_difference():
+    from lstm_jax.checkpoint import shape_mismatch
+
+    saved = {"params/a": (2, 3), "params/b": (4,), "opt_state/mu": (4,)}
+    assert shape_mismatch(saved, dict(saved)) == ""
+    wanted = {"params/a": (2, 5), "params/b": (4,), "opt_state/nu": (4,)}
+    assert shape_mismatch(saved, wanted) == (
+        "the config adds: opt_state/nu; the checkpoint has, the config not: opt_state/mu; "
+        "shapes differ: params/a (saved (2, 3), config (2, 5))"
+    )
+    many = {f"x/{i}": (1,) for i in range(6)}
+    assert shape_mismatch({}, many) == "the config adds: x/0, x/1, x/2, x/3 and 2 more"
