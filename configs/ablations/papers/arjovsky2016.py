@@ -14,10 +14,10 @@ section numbers are unverified.
 
 Expected wall time, CPU (2-core AMD EPYC, shared, measured 2026-11-28), 2 seeds, the 3,000-update
 budget: delay 100 ~3-4 min under load; delays 200, 300 and 500 in 116, 173 and 286 s (about 10
-min for the three) with the machine quiet. `:paper` (50,000 updates per member): delay 100 in
-1,256 s for both seeds (2026-12-06, at nice 19 beside other work); the cost grows with the
-sequence length T + 20. GPU: not measured. Details in docs/research_tasks.md
-("Reproducing the papers").
+min for the three) with the machine quiet. `:paper` (50,000 updates per member), both seeds,
+2026-12-06, at nice 19 beside other work: delay 100 in 1,256 s, 200 in 2,894 s, 300 in 5,196 s
+and 500 in 6,296 s (300 and 500 ran side by side). GPU: not measured. Details in
+docs/research_tasks.md ("Reproducing the papers").
 """
 
 import ml_collections
