@@ -37,8 +37,8 @@ from benchmarks.timing import (
     cpu_seconds,
     measure_matmul_rates,
     ours_trainer,
+    shape_model,
 )
-from lstm_jax.model import LanguageModel, LMConfig
 
 
 def _run_rounds(name: str, budget: Budget, rounds: int, one_round: Callable[[], None]) -> None:
@@ -116,14 +116,7 @@ def _our_sampler(shape: Shape) -> Callable[[jax.Array], Any]:
     """`lstm_jax.sample.generate` on a fresh model (random weights: speed only)."""
     from lstm_jax import sample  # noqa: PLC0415  (CLI-only dependency)
 
-    model = LanguageModel(
-        LMConfig(
-            vocab_size=shape.vocab,
-            embed_dim=shape.embed,
-            hidden_size=shape.hidden,
-            num_layers=shape.layers,
-        )
-    )
+    model = shape_model(shape)
     params = model.init(jax.random.key(0))
     prime = np.zeros((1,), np.int32)
 

@@ -273,22 +273,27 @@ def random_tokens(shape: Shape) -> jax.Array:
     return jax.random.randint(jax.random.key(1), (shape.batch, shape.seq), 0, shape.vocab)
 
 
+def shape_model(shape: Shape, **overrides: Any) -> LanguageModel:
+    """Our language model at a benchmark shape (vocabulary, embedding, hidden,
+    layers), with any other LMConfig field in `overrides`."""
+    return LanguageModel(
+        LMConfig(
+            vocab_size=shape.vocab,
+            embed_dim=shape.embed,
+            hidden_size=shape.hidden,
+            num_layers=shape.layers,
+            **overrides,
+        )
+    )
+
+
 def ours_trainer(
     shape: Shape, impl: str, compiler_options: dict[str, Any] | None = None, cell: str = "lstm"
 ) -> JaxTrainer:
     impl, devices, dots = split_impl(impl)
     compiler_options = {**(compiler_options or {}), **host.cpu_compiler_options(dots)}
     mesh = parallel.data_mesh(jax.devices()[:devices]) if devices > 1 else None
-    model = LanguageModel(
-        LMConfig(
-            vocab_size=shape.vocab,
-            embed_dim=shape.embed,
-            hidden_size=shape.hidden,
-            num_layers=shape.layers,
-            impl=impl,
-            cell=cell,
-        )
-    )
+    model = shape_model(shape, impl=impl, cell=cell)
     carry = model.init_carry(shape.batch)
 
     def loss_fn(params, tokens, targets):
