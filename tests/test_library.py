@@ -343,3 +343,24 @@ def test_onednn_equals_flax_in_float32(name):
 @pytest.mark.parametrize("name", ["plain", "reverse", "seq_lengths", "reverse+seq_lengths"])
 def test_cudnn_equals_flax_in_float32(name):
     float32_case("cudnn", OPTIONS[name])
+
+
+# ---------------------------------------------------------------------------
+# The exactness table (python -m benchmarks.flax_exactness), measured here on
+# the CPU's float64 layers: every case within 1e-12 of Flax, and the float32
+# floor it is set against above zero (the measure sees a difference).
+
+
+@pytest.mark.slow
+def test_the_exactness_table_measures_every_case():
+    from benchmarks import flax_exactness as fe
+
+    for case in fe.CASES:
+        row = fe.measure("fused", case)
+        # with a given initial carry and lengths the fused loops hand the call to the masked scan
+        assert row.runs_as == ("scan" if case.startswith("initial_carry") else "fused"), case
+        assert row.dtype == "float64"
+        assert max(row.outputs, row.carry, row.d_params, row.d_inputs) < 1e-12, row
+    floor = fe.measure(fe.FLAX_FLOAT32, "seq_lengths")
+    assert floor.dtype == "float32" and 1e-10 < floor.outputs < 1e-4, floor
+    assert fe.table([floor])[2].startswith("| flax | seq_lengths | Flax nn.RNN | float32 |")
