@@ -66,7 +66,7 @@ def apply_layer(
     unroll: int = 1,
 ) -> tuple[Carry, Array]:
     """One layer over time-major `xs`; returns (final carry, hs [T, B, H])."""
-    name = layers.resolve_impl(impl, reset_mask=seq_lengths is not None, cell=cell, dtype=xs.dtype)
+    name = layers.resolve_impl(impl, seq_lengths=seq_lengths is not None, cell=cell, dtype=xs.dtype)
     layer = layers.get_layer_impl(name)
     if reverse:
         xs = lengths.flip_within_lengths(xs, seq_lengths)

@@ -5,6 +5,7 @@ functional API (`lstm_jax.apply_layers`) likewise."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import flax.linen as nn
@@ -121,11 +122,26 @@ def test_an_initial_carry_with_lengths_runs_exactly(impl):
             variables, x, initial_carry=carry, seq_lengths=LENGTHS
         )
     fell_back = [w for w in caught if issubclass(w.category, layers.LayerFallbackWarning)]
-    assert len(fell_back) == (impl != "scan")  # the fast path says it ran the masked scan
+    assert not fell_back  # fused holds the LSTM's carry through the padding (held gates)
     np.testing.assert_allclose(ours[0][0], theirs[0][0], **TOL)
     np.testing.assert_allclose(ours[0][1], theirs[0][1], **TOL)
     mask = valid({"seq_lengths": LENGTHS})
     np.testing.assert_allclose(ours[1] * mask, theirs[1] * mask, **TOL)
+
+
+def test_a_gru_with_a_carry_and_lengths_runs_the_masked_scan_and_says_so():
+    """Held gates are the LSTM's; another cell with a given initial carry and
+    lengths runs the reference masked scan, with one warning."""
+    gru = lstm_jax.make_cell("gru")
+    params = lstm_jax.init_layers(jax.random.key(0), gru, D, H, num_layers=1)
+    carry = [jax.random.normal(jax.random.key(4), (B, H), jnp.float64)]
+    run = functools.partial(
+        lstm_jax.apply_layers, gru, params, inputs(), initial_carry=carry, seq_lengths=LENGTHS
+    )
+    fallback._warned.clear()
+    with pytest.warns(layers.LayerFallbackWarning, match='"fused" runs as "scan".* for the gru'):
+        _, ys = run(impl="fused")
+    np.testing.assert_array_equal(ys, run(impl="scan")[1])
 
 
 @pytest.mark.parametrize("num_layers", [2, 3])
@@ -180,6 +196,8 @@ def test_auto_picks_an_exact_layer_that_runs_this_call_without_a_fallback():
     here = "onednn" if onednn.installed() else "fused"  # this CPU; a CUDA GPU: "cudnn"
     assert layers.resolve_impl("auto", cell=lstm, dtype=jnp.float32) == here
     assert layers.resolve_impl("auto", cell=lstm, dtype=jnp.float32, reset_mask=True) == "fused"
+    # variable lengths: oneDNN takes them by held gates (lengths.held_layer), cuDNN does not
+    assert layers.resolve_impl("auto", cell=lstm, dtype=jnp.float32, seq_lengths=True) == here
     assert layers.resolve_impl("auto", cell=lstm, dtype=jnp.float64) == "fused"
     assert layers.resolve_impl("auto", cell=gru, dtype=jnp.float32) == "fused"
 
@@ -357,8 +375,7 @@ def test_the_exactness_table_measures_every_case():
 
     for case in fe.CASES:
         row = fe.measure("fused", case)
-        # with a given initial carry and lengths the fused loops hand the call to the masked scan
-        assert row.runs_as == ("scan" if case.startswith("initial_carry") else "fused"), case
+        assert row.runs_as == "fused", case
         assert row.dtype == "float64"
         assert max(row.outputs, row.carry, row.d_params, row.d_inputs) < 1e-12, row
     floor = fe.measure(fe.FLAX_FLOAT32, "seq_lengths")

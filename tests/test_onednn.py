@@ -15,6 +15,7 @@ import importlib.metadata
 import json
 import sys
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -101,6 +102,61 @@ def test_other_cells_and_resets_take_the_fused_path(name, monkeypatch):
     reset = jnp.asarray(reset_mask())
     with pytest.warns(LayerFallbackWarning, match="no mid-sequence reset"):
         assert onednn.FORWARD_TARGET not in _stack_hlo(cells.make_cell("lstm"), reset)
+
+
+def test_variable_lengths_run_the_primitive_with_held_gates(monkeypatch):
+    """`seq_lengths` on oneDNN (no reset mask): padded steps hold the carry
+    through saturated gates (lengths.held_layer). With any initial carry, large
+    weights, a row of length 0 and garbage in the padding: the primitive runs
+    (no fallback), a length-0 row keeps its carry bit for bit, and outputs,
+    carry and gradients equal the float64 masked scan."""
+    from lstm_jax import api
+    from lstm_jax.layers import lengths
+
+    cell = cells.make_cell("lstm")
+    steps, batch = 12, 6
+    seq_lengths = jnp.asarray([12, 5, 0, 9, 1, 3])
+    keys = jax.random.split(jax.random.key(5), 6)
+    params = {
+        "w_x": 3 * jax.random.normal(keys[0], (D, 4 * H)),
+        "w_h": 3 * jax.random.normal(keys[1], (H, 4 * H)),
+        "b": jax.random.normal(keys[2], (4 * H,)),
+    }
+    valid = lengths.valid_mask(seq_lengths, steps)[..., None]
+    xs = jnp.where(valid, jax.random.normal(keys[3], (steps, batch, D)), 1e4)  # garbage padding
+    carry = cells.LSTMCarry(
+        jax.random.normal(keys[4], (batch, H)), 5 * jax.random.normal(keys[5], (batch, H))
+    )
+
+    def run(impl, dtype):
+        def loss(p, xs, carry):
+            out, hs = api.apply_layer(cell, p, xs, carry, seq_lengths=seq_lengths, impl=impl)
+            w = jnp.arange(hs.size, dtype=dtype).reshape(hs.shape) / hs.size
+            return jnp.sum(hs * w) + jnp.sum(out.h * 0.3) + jnp.sum(out.c * 0.7), (out, hs)
+
+        cast = lambda t: jax.tree.map(lambda a: jnp.asarray(a, dtype), t)  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
+            *cast((params, xs, carry))
+        )
+
+    monkeypatch.setattr(fallback, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LayerFallbackWarning)
+        (_, (out, hs)), grads = run("onednn", jnp.float32)
+        hlo = (
+            jax.jit(lambda xs: api.apply_layer(cell, params, xs, carry, seq_lengths=seq_lengths))
+            .lower(xs)
+            .as_text()
+        )
+    assert onednn.FORWARD_TARGET in hlo  # "auto" with lengths on this CPU: the primitive
+    np.testing.assert_array_equal(out.h[2], carry.h[2])  # length 0: the carry as given
+    np.testing.assert_array_equal(out.c[2], carry.c[2])
+    with jax.enable_x64(True):
+        (_, want), want_grads = run("scan", jnp.float64)
+    got = jax.tree.map(lambda a: np.asarray(a, np.float64), ((out, hs), grads))
+    assert_trees_close(got, (want, want_grads), tol=2e-5)
+    assert not np.any(np.asarray(hs) * ~np.asarray(valid))  # padded outputs are zero
+    assert not np.any(np.asarray(grads[1]) * ~np.asarray(valid))  # nothing enters the padding
 
 
 def test_missing_onednn_names_the_fix(monkeypatch, tmp_path):

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from lstm_jax.cells import LSTM, Cell
-from lstm_jax.layers import cudnn, fused, onednn, scan
+from lstm_jax.layers import cudnn, fused, lengths, onednn, scan
 from lstm_jax.layers.fallback import LayerFallbackWarning
 
 LayerFn = Callable[..., tuple[Any, Any]]
@@ -58,16 +58,22 @@ _resolved: dict[str, str] = {}  # backend -> what "auto" means there for an fp32
 
 
 def resolve_impl(
-    name: str, *, reset_mask: bool = False, cell: Cell | None = None, dtype: Any = None
+    name: str,
+    *,
+    reset_mask: bool = False,
+    seq_lengths: bool = False,
+    cell: Cell | None = None,
+    dtype: Any = None,
 ) -> str:
     """`name`, or for "auto" the fastest exact layer for this call: for an
     LSTM in float32, "cudnn" on a CUDA GPU, "onednn" on the CPU where its
     wheels are installed and its extension builds, else "fused"; "fused" for
-    the other cells, for other dtypes and wherever the call needs a
-    mid-sequence `reset_mask` (as variable-length rows do), which neither
-    vendor primitive has; "scan" for a cell that "fused" has no backward
-    pass for. The one place "auto" is decided, so that it never lands on a
-    fallback; the backend's choice is logged once."""
+    the other cells, for other dtypes, wherever the call needs a mid-sequence
+    `reset_mask`, which neither vendor primitive has, and for `seq_lengths`
+    on a layer that does not take them by held gates (cuDNN here;
+    `lengths.HELD_GATE_LAYERS`); "scan" for a cell that "fused" has no
+    backward pass for. The one place "auto" is decided, so that it never
+    lands on a fallback; the backend's choice is logged once."""
     if name != AUTO:
         get_layer_impl(name)  # an unknown name lists the valid ones
         return name
@@ -80,6 +86,8 @@ def resolve_impl(
     if backend not in _resolved:
         _resolved[backend] = _fastest_lstm_layer(backend)
         logging.info('layer impl "auto" is "%s" on %s', _resolved[backend], backend)
+    if seq_lengths and _resolved[backend] not in lengths.HELD_GATE_LAYERS:
+        return "fused"
     return _resolved[backend]
 
 

@@ -14,7 +14,8 @@ wrapped in one `jax.custom_vjp`. Parameters, layouts and the gate order
 they map onto oneDNN's). The primitive has no mid-sequence reset, so a layer with
 a reset mask, a GRU or vanilla RNN, a non-fp32 input or a non-CPU backend takes
 the exact "fused" path instead, with one warning per reason (as the "cudnn"
-layer does on GPU).
+layer does on GPU). Variable-length rows (`seq_lengths`) need no reset here:
+`lengths.held_layer` holds the carry through the padding with saturated gates.
 
 oneDNN is an optional dependency (`pip install -e '.[onednn]'`, the
 `onednn-cpu-gomp` wheels: the library and its headers); the small C++ file is
@@ -196,6 +197,11 @@ def _why_not_onednn(cell: Cell, params: Params, xs: Array, reset: Array | None) 
     if not (xs.dtype == jnp.float32 and all(params[k].dtype == jnp.float32 for k in params)):
         return f"the oneDNN layer computes in float32, got {xs.dtype} inputs"
     return None
+
+
+def computes(cell: Cell, params: Params, xs: Array) -> bool:
+    """Whether the primitive computes this layer (without a reset mask) exactly."""
+    return _why_not_onednn(cell, params, xs, None) is None
 
 
 def onednn_layer_time_major(
