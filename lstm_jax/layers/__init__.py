@@ -21,13 +21,14 @@ is chosen by name (`model.impl` in a config):
                  installed, else "fused" ("scan" for a cell without a fused path)
 
 Variable-length rows (`seq_lengths`) and reversed rows run through
-lengths.py on top of any of these.
+lengths.py on top of any of these (oneDNN's LSTM by held gates, no reset).
 
 A fast path that cannot compute a layer exactly runs another exact one and says
 so once per reason (a `fallback.LayerFallbackWarning`): onednn -> fused,
 cudnn -> fused, fused -> scan (a cell without a hand-written backward pass).
 
-Imports run one way: scan <- fused <- {cudnn, onednn} <- this registry <- recurrent.
+Imports run one way: scan <- fused <- {cudnn, onednn} <- lengths <- this registry
+<- recurrent.
 """
 
 from __future__ import annotations
