@@ -116,7 +116,7 @@ def _models(case: str, impl: str | None, dtype) -> tuple[Callable, Callable]:
 
     if case.startswith(("2 layers", "3 layers")):
         depth = int(case[0])
-        mask = jnp.asarray(np.arange(T)[None, :, None] < LENGTHS[:, None, None], dtype)
+        mask = jnp.asarray(_valid(case), dtype)
         if ours:
             stack = lj.LSTM(H, num_layers=depth, impl=impl, return_carry=True, param_dtype=dtype)
             return stack.init, lambda v, x: stack.apply(v, x, **options)
@@ -214,6 +214,9 @@ def measure(impl: str, case: str) -> Row:
     )  # fmt: skip
 
 
+FALLBACK = re.compile(r'layer "[^"]+" runs as "([^"]+)"')  # lstm_jax/layers/fallback.py
+
+
 def _ours(impl: str, case: str, dtype, variables, x):
     """Our layer's run, and the name of the layer that ran (a fallback's target)."""
     layers.fallback._warned.clear()  # each reason is said once per process: hear it here
@@ -223,9 +226,6 @@ def _ours(impl: str, case: str, dtype, variables, x):
     fell_back = [w for w in caught if issubclass(w.category, layers.LayerFallbackWarning)]
     ran = {FALLBACK.match(str(w.message)).group(1) for w in fell_back}
     return result, " + ".join(sorted(ran)) if ran else layers.resolve_impl(impl)
-
-
-FALLBACK = re.compile(r'layer "[^"]+" runs as "([^"]+)"')  # lstm_jax/layers/fallback.py
 
 
 def table(rows: list[Row]) -> list[str]:
